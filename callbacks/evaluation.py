@@ -1,0 +1,89 @@
+"""ALFWorld success on the evaluation splits, overall and per task type, as torchmetrics.
+
+Logged as `val/<split>/success` and `val/<split>/<task_type>/success` (split = seen | unseen); the
+metrics sync across ranks, so sharded evaluation still counts every game once. At the end of
+`sage validate` the results are printed as a table and written to `<log_dir>/eval_results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics import MeanMetric, SumMetric
+
+from sage.envs import TASK_TYPES
+
+
+def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[str, int]]) -> str:
+    """Success % per task type (rows) and split (columns), with game counts."""
+    splits = list(results)
+    head = f"{'task type':<34}" + "".join(f"{s + ' %':>12}{'n':>5}" for s in splits)
+    lines = [head, "-" * len(head)]
+    for key in [*TASK_TYPES, "overall"]:
+        row = f"{key:<34}"
+        for s in splits:
+            v, n = results[s].get(key, float("nan")), counts[s].get(key, 0)
+            row += f"{'-' if n == 0 or math.isnan(v) else f'{100 * v:.1f}':>12}{n:>5}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+class AlfworldEvaluation(L.Callback):
+    def __init__(self, print_table: bool = True, results_file: str = "eval_results.json") -> None:
+        self.print_table = print_table
+        self.results_file = results_file
+        self.results: dict[str, dict[str, float]] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        self._metrics: dict[tuple[str, str], tuple[MeanMetric, SumMetric]] = {}
+
+    def _metric(self, split: str, key: str, device):
+        if (split, key) not in self._metrics:
+            self._metrics[(split, key)] = (MeanMetric().to(device), SumMetric().to(device))
+        return self._metrics[(split, key)]
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        self._metrics = {}
+        for i in range(len(dm.val_splits)):  # every rank creates every metric, so syncs line up
+            for key in [*TASK_TYPES, "overall"]:
+                self._metric(dm.split_key(i), key, pl_module.device)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        split = trainer.datamodule.split_key(dataloader_idx)
+        for ep in outputs["episodes"]:
+            for key in ("overall", ep.task_type):
+                mean, count = self._metric(split, key, pl_module.device)
+                mean.update(float(ep.success))
+                count.update(1.0)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.results, self.counts = {}, {}
+        for (split, key), (mean, count) in sorted(self._metrics.items()):
+            n = int(count.compute().item())
+            value = float(mean.compute().item()) if n else float("nan")
+            self.results.setdefault(split, {})[key] = value
+            self.counts.setdefault(split, {})[key] = n
+            if n:
+                name = f"val/{split}/success" if key == "overall" else f"val/{split}/{key}/success"
+                pl_module.log(name, value, batch_size=n, add_dataloader_idx=False)
+        self._write(trainer)
+
+    @rank_zero_only
+    def _write(self, trainer) -> None:
+        root = Path(trainer.log_dir or trainer.default_root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        success = {s: {k: (None if math.isnan(v) else v) for k, v in r.items()} for s, r in self.results.items()}
+        payload = {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "success": success,  # fraction of games won; null where the split has no game of that type
+            "games": self.counts,
+        }
+        with open(root / self.results_file, "a" if trainer.state.fn == "fit" else "w") as f:
+            f.write(json.dumps(payload) + "\n")
+        if self.print_table and trainer.state.fn == "validate":
+            print("\nALFWorld success (greedy)\n" + format_table(self.results, self.counts), flush=True)

@@ -1,0 +1,186 @@
+"""The on-policy DataModule: every epoch the current student plays fresh ALFWorld games.
+
+`train_dataloader()` (reloaded every epoch) samples this epoch's training games, rolls them out with
+the current student, lets the module gate and score the turns, and serves token-budget micro-batches
+grouped into optimizer steps. `val_dataloader()` serves the seen and unseen evaluation games; the
+module plays them greedily in `validation_step`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from sage.batching import build_steps, flatten_steps, transcript_samples, window_samples
+from sage.distributed import align_steps, shard, world
+from sage.envs import EnvPool, GameInfo, PromptBuilder, PromptTemplate, find_games
+from sage.rollout.generation import HFGenerator
+from sage.rollout.loop import RolloutConfig, rollout
+from sage.rollout.records import Episode
+
+log = logging.getLogger(__name__)
+SPLIT_KEYS = {"valid_seen": "seen", "seen": "seen", "valid_unseen": "unseen", "unseen": "unseen", "train": "train"}
+
+
+def _identity(x):
+    return x
+
+
+class SageDataModule(L.LightningDataModule):
+    """ALFWorld games in, on-policy training steps out.
+
+    Args:
+        data_root: folder holding ``json_2.1.1`` (else ``$ALFWORLD_DATA``, else the bundled subset).
+        train_games: games sampled (seeded by epoch) from ``train_split`` for each epoch's rollouts.
+        rollout_batch: games played together in one batched rollout (None = all of this rank's games).
+        val_splits / val_games: evaluation splits and games per split (None = every game once).
+        source: ``on_policy`` (the student plays) or ``expert`` (stored walkthroughs, for SFT).
+        samples_per_step: training samples (turns, or episodes in transcript mode) per optimizer step.
+        max_tokens_per_micro_batch: padded-token budget of one forward/backward.
+    """
+
+    def __init__(
+        self,
+        data_root: str | None = None,
+        train_split: str = "train",
+        train_games: int = 16,
+        rollout_batch: int | None = None,
+        val_splits: list[str] | None = None,
+        val_games: int | None = None,
+        val_batch: int = 16,
+        source: Literal["on_policy", "expert"] = "on_policy",
+        rollout: RolloutConfig | None = None,
+        prompt: PromptTemplate | None = None,
+        max_steps: int = 50,
+        env_workers: int = 2,
+        samples_per_step: int = 16,
+        max_tokens_per_micro_batch: int = 8192,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if source not in ("on_policy", "expert"):
+            raise ValueError(f"source={source!r}; allowed: on_policy, expert")
+        self.data_root = data_root
+        self.train_split = train_split
+        self.train_games = train_games
+        self.rollout_batch = rollout_batch
+        self.val_splits = list(val_splits) if val_splits is not None else ["valid_seen", "valid_unseen"]
+        for s in self.val_splits + [train_split]:
+            if s not in SPLIT_KEYS:
+                raise ValueError(f"unknown split {s!r}; allowed: {', '.join(SPLIT_KEYS)}")
+        self.val_games = val_games
+        self.val_batch = val_batch
+        self.source = source
+        self.rollout_cfg = rollout or RolloutConfig()
+        self.prompt = PromptBuilder(prompt, history_len=self.rollout_cfg.history_len)
+        self.max_steps = max_steps
+        self.env_workers = env_workers
+        self.samples_per_step = samples_per_step
+        self.max_tokens = max_tokens_per_micro_batch
+        self.seed = seed
+        self.pool: EnvPool | None = None
+        self.last_episodes: list[Episode] = []
+        self.last_epoch = -1
+
+    @property
+    def transcript(self) -> bool:
+        return self.rollout_cfg.context_mode == "transcript"
+
+    def split_key(self, index: int) -> str:
+        return SPLIT_KEYS[self.val_splits[index]]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.pool is None:
+            self.pool = EnvPool(num_workers=self.env_workers, max_steps=self.max_steps)
+
+    def teardown(self, stage: str | None = None) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    # -- playing ----------------------------------------------------------------------------------
+    def play(self, games: list[GameInfo], greedy: bool, seed: int | None = None) -> list[Episode]:
+        """Roll the current student out on `games` (in chunks of `rollout_batch`)."""
+        self.setup()
+        module = self.trainer.lightning_module
+        student = module.student
+        was_training = student.training
+        student.eval()
+        gen = HFGenerator(student, module.tokenizer, seed=self.seed if seed is None else seed)
+        chunk = self.rollout_batch or max(1, len(games))
+        episodes: list[Episode] = []
+        try:
+            for i in range(0, len(games), chunk):
+                episodes += rollout(gen, self.pool, games[i : i + chunk], self.prompt, module.tokenizer,
+                                    self.rollout_cfg, greedy=greedy)
+        finally:
+            student.train(was_training)
+        return episodes
+
+    def epoch_games(self, epoch: int) -> list[GameInfo]:
+        games = find_games(self.train_split, self.data_root, sample=self.train_games, seed=self.seed + epoch)
+        rank, size = world()
+        return shard(games, rank, size)
+
+    def collect(self, epoch: int) -> list[Episode]:
+        games = self.epoch_games(epoch)
+        if self.source == "expert":
+            from sage.expert import expert_episodes
+
+            self.setup()
+            tok = self.trainer.lightning_module.tokenizer
+            return expert_episodes(games, self.prompt, tok, self.rollout_cfg, self.pool, chunk=self.rollout_batch)
+        return self.play(games, greedy=False, seed=self.seed + 1000 * epoch)
+
+    # -- loaders ----------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        module = self.trainer.lightning_module
+        epoch = self.trainer.current_epoch
+        t0 = time.perf_counter()
+        episodes = [ep for ep in self.collect(epoch) if ep.error is None]
+        t1 = time.perf_counter()
+        module.annotate(episodes, transcript=self.transcript)
+        t2 = time.perf_counter()
+        samples = transcript_samples(episodes) if self.transcript else window_samples(episodes)
+        steps = build_steps(samples, self.samples_per_step, self.max_tokens, module.tokenizer.pad_token_id,
+                            seed=self.seed + epoch)
+        dens, counts = align_steps(
+            [s.denominator(module.loss_spec.normalize) for s in steps], [len(s.micro_batches) for s in steps]
+        )
+        items = flatten_steps(steps, dens, counts)
+        self.last_episodes, self.last_epoch = episodes, epoch
+        module.epoch_stats = episode_stats(episodes) | {"rollout_seconds": t1 - t0, "annotate_seconds": t2 - t1}
+        return DataLoader(items, batch_size=None, shuffle=False, collate_fn=_identity)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        rank, size = world()
+        loaders = []
+        for split in self.val_splits:
+            games = shard(find_games(split, self.data_root, limit=self.val_games), rank, size)
+            loaders.append(DataLoader(games, batch_size=self.val_batch, shuffle=False, collate_fn=list))
+        return loaders
+
+
+def episode_stats(episodes: list[Episode]) -> dict[str, float]:
+    """Per-epoch rollout summary: success, length, gate label rates, mean teacher confidence."""
+    turns = [t for ep in episodes for t in ep.turns]
+    n_ep, n_turn = max(1, len(episodes)), max(1, len(turns))
+    labels = [str(t.gate_label or "").lower() for t in turns]
+    conf = [c for t in turns if t.confidence for c in t.confidence]
+    stats = {
+        "episode_success": sum(ep.success for ep in episodes) / n_ep,
+        "episode_length": sum(ep.length for ep in episodes) / n_ep,
+        "invalid_format_rate": sum(not t.valid_format for t in turns) / n_turn,
+        "gate/skip_rate": labels.count("skip") / n_turn,
+        "gate/weak_rate": labels.count("weak") / n_turn,
+        "gate/strong_rate": labels.count("strong") / n_turn,
+        "gate/intervene_rate": labels.count("intervene") / n_turn,
+        "gate_mean": sum(t.gate for t in turns) / n_turn,
+        "confidence_mean": sum(conf) / len(conf) if conf else 1.0,
+        "turns": float(len(turns)),
+    }
+    return stats

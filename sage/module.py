@@ -1,0 +1,208 @@
+"""The LightningModule: trainable student, frozen teacher, and the (SAGE-)OPD / GKD / SFT objective.
+
+Optimization is manual because one optimizer step spans a variable number of token-budget
+micro-batches (one dataloader item each, see `sage.batching`): every item carries its step's global
+normalization denominator and a `step_end` flag, so gradient accumulation and the number of ranks
+never change the loss (METHOD.md, Normalization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from sage.distill.divergence import target_logprobs, token_divergence
+from sage.distill.judge import JudgePrompt, TurnJudge
+from sage.distill.objective import LossSpec, weighted_loss
+from sage.distill.specs import ConfidenceSpec, GateSpec
+from sage.distill.teacher import TeacherScorer
+from sage.models import ModelSpec, check_tokenizers, load_model, load_tokenizer, vocab_rows
+from sage.rollout.records import Episode
+
+OBJECTIVES = ("distill", "sft")
+
+
+def response_logits(model, input_ids, attention_mask, pred_mask) -> torch.Tensor:
+    """Logits only where a response token is predicted ([N, V]): the LM head on every position of a
+    long transcript would cost sequence x vocabulary memory for nothing."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return base.get_output_embeddings()(hidden[:, :-1][pred_mask])
+
+
+class SageModule(L.LightningModule):
+    """Student + frozen teacher. `objective="distill"` covers SAGE-OPD, OPD and GKD (chosen by `loss`,
+    `gate`, `confidence`); `objective="sft"` is token cross-entropy on served trajectories."""
+
+    def __init__(
+        self,
+        student: ModelSpec,
+        teacher: ModelSpec | None = None,
+        objective: Literal["distill", "sft"] = "distill",
+        loss: LossSpec | None = None,
+        gate: GateSpec | None = None,
+        confidence: ConfidenceSpec | None = None,
+        judge_prompt: JudgePrompt | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        grad_clip: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}; allowed: {', '.join(OBJECTIVES)}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the trainable student weights
+        self.objective = objective
+        self.loss_spec = loss or LossSpec()
+        self.gate_spec = gate or GateSpec()
+        self.confidence_spec = confidence or ConfidenceSpec()
+        if objective == "sft":  # SFT trains every served token with weight 1
+            self.gate_spec = replace(self.gate_spec, mode="always")
+            self.confidence_spec = replace(self.confidence_spec, kind="none")
+            self.loss_spec = replace(self.loss_spec, normalize="opd")
+        self.judge_prompt = judge_prompt
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.grad_clip = grad_clip
+
+        self.tokenizer = load_tokenizer(student.name_or_path)
+        self.student = load_model(student, trainable=True)
+        self.teacher = None
+        self.vocab_rows = vocab_rows(self.student)
+        if teacher is not None:
+            self.teacher = load_model(teacher, trainable=False)
+            self.vocab_rows = check_tokenizers(
+                self.tokenizer, load_tokenizer(teacher.name_or_path), vocab_rows(self.student), vocab_rows(self.teacher)
+            )
+        elif objective == "distill":
+            raise ValueError("objective='distill' needs a teacher model (model.teacher)")
+        self._acc: dict[str, float] = {}
+        self.epoch_stats: dict[str, float] = {}
+
+    # -- data annotation (called by the DataModule after each rollout) -------------------------
+    @property
+    def needs_scoring(self) -> bool:
+        return self.objective == "distill" and (
+            self.confidence_spec.kind != "none" or self.loss_spec.divergence == "sampled_reverse_kl"
+        )
+
+    @torch.no_grad()
+    def annotate(self, episodes: list[Episode], transcript: bool) -> None:
+        """Gate every turn (judge) and, when the loss needs it, score the student's tokens with the teacher."""
+        g = self.gate_spec
+        judge = TurnJudge(
+            mode=g.mode, labels=g.labels, weak_weight=g.weak_weight, history_len=g.history_len,
+            prompt=self.judge_prompt, model=self.teacher, tokenizer=self.tokenizer, max_batch=g.max_batch,
+        )
+        judge.judge(episodes)
+        if not self.needs_scoring:
+            return
+        c = self.confidence_spec
+        scorer = TeacherScorer(
+            self.teacher, confidence_kind=c.kind, confidence_min=c.min, turn_average=c.turn_average,
+            temperature=self.loss_spec.temperature, vocab_rows=self.vocab_rows,
+        )
+        if transcript:
+            scorer.score_episodes(episodes)
+        else:
+            scorer.score_turns([t for ep in episodes for t in ep.turns])
+
+    # -- training -------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        params = self.trainable_parameters()
+        opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.AdamW(params, lr=1e-5)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    def micro_loss(self, item: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one micro-batch, already divided by its step's global denominator."""
+        ids, attn, lm = item["input_ids"], item["attention_mask"], item["loss_mask"]
+        pred = lm[:, 1:]
+        targets = ids[:, 1:][pred][None]
+        gate = item["gate"][:, 1:][pred][None]
+        conf = item["confidence"][:, 1:][pred][None]
+        s_logits = response_logits(self.student, ids, attn, pred)[None, :, : self.vocab_rows]
+        spec = self.loss_spec
+        if self.objective == "sft":
+            tok = -target_logprobs(s_logits, targets)
+        else:
+            t_logits = None
+            tlp = item["teacher_logprobs"][:, 1:][pred][None]
+            if spec.divergence != "sampled_reverse_kl":
+                with torch.no_grad():
+                    t_logits = response_logits(self.teacher, ids, attn, pred)[None, :, : self.vocab_rows]
+            tok = token_divergence(
+                s_logits, t_logits, targets, kind=spec.divergence, beta=spec.beta,
+                temperature=spec.temperature, teacher_target_logprobs=tlp,
+            )
+        ones = torch.ones_like(gate)
+        loss = weighted_loss(tok, ones, gate, conf, item["denominator"].to(tok.device), eps=spec.eps)
+        stats = {"tokens": float(pred.sum()), "token_loss_sum": float(tok.detach().sum())}
+        return loss, stats
+
+    def training_step(self, item: dict, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        world = self.trainer.world_size
+        if "input_ids" in item:
+            loss, stats = self.micro_loss(item)
+        else:  # an empty slot that keeps DDP ranks in step: zero loss, zero gradients
+            loss = sum(p.sum() for p in self.trainable_parameters()) * 0.0
+            stats = {"tokens": 0.0, "token_loss_sum": 0.0}
+        self.manual_backward(loss * world)
+        for k, v in {"loss": float(loss.detach()), **stats}.items():
+            self._acc[k] = self._acc.get(k, 0.0) + v
+        if item["step_end"]:
+            self._finish_step(opt, float(item["denominator"]))
+        return loss.detach()
+
+    def _finish_step(self, opt, denominator: float) -> None:
+        skipped = denominator <= 0  # the global denominator is identical on every rank
+        if not skipped:
+            if self.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched = self.lr_schedulers()
+        if sched is not None and not skipped:
+            sched.step()
+        acc = torch.tensor([self._acc.get("loss", 0.0), self._acc.get("tokens", 0.0)], device=self.device)
+        total = self.all_gather(acc)
+        total = total.sum(0) if total.dim() > 1 else total
+        self.log("train/loss", total[0], on_step=True, on_epoch=True, prog_bar=True, batch_size=1)
+        self.log("train/tokens_per_step", total[1], on_step=True, on_epoch=True, batch_size=1)
+        self.log("train/skipped_step", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
+        self._acc = {}
+
+    def on_train_epoch_end(self) -> None:
+        for k, v in self.epoch_stats.items():
+            self.log(f"train/{k}", float(v), on_step=False, on_epoch=True, batch_size=1)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        if isinstance(batch, list):  # evaluation games: nothing to move
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def validation_step(self, games, batch_idx: int, dataloader_idx: int = 0):
+        dm = self.trainer.datamodule
+        return {"episodes": dm.play(games, greedy=True), "split_index": dataloader_idx}
+
+    # -- checkpoints: the trainable student only ---------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = {f"student.{n}" for n, p in self.student.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        keep = {f"student.{n}" for n, p in self.student.named_parameters() if p.requires_grad}
+        unknown = [k for k in checkpoint["state_dict"] if k not in keep]
+        if unknown:
+            raise ValueError(f"checkpoint holds weights this student does not train, e.g. {unknown[:3]}")

@@ -1,0 +1,178 @@
+"""The multi-turn rollout loop: every active game advances together, one batched generation and one
+batched environment step per turn; finished games drop out of the batch.
+
+Context modes:
+- ``window`` (verl-agent style): each turn is a fresh prompt (task, last N observation/action pairs,
+  current observation, admissible actions). Over-long prompts: the history window is shortened, then
+  the prompt is left-truncated to ``max_context_tokens`` (``Episode.truncated`` records it).
+- ``transcript`` (verl agent-loop style): the episode is one append-only chat; the generator reuses
+  the episode's KV cache so only new tokens are prefilled. An episode whose transcript plus the next
+  answer would exceed ``max_context_tokens`` ends there, not won, with ``Episode.truncated`` set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sage.envs import GameInfo, PromptBuilder, parse_action
+from sage.rollout.chat import ChatCodec, Transcript
+from sage.rollout.generation import Generator, SamplingParams
+from sage.rollout.records import Episode, Turn
+
+log = logging.getLogger(__name__)
+CONTEXT_MODES = ("window", "transcript")
+
+
+@dataclass
+class RolloutConfig:
+    """How the student plays. `max_steps` is enforced by the environment pool."""
+
+    context_mode: str = "window"
+    history_len: int = 2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    max_context_tokens: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.context_mode not in CONTEXT_MODES:
+            raise ValueError(f"context_mode={self.context_mode!r}; allowed: {', '.join(CONTEXT_MODES)}")
+        if self.history_len < 0:
+            raise ValueError(f"history_len must be >= 0, got {self.history_len}")
+
+    def sampling(self, greedy: bool) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_p, self.max_new_tokens, greedy=greedy)
+
+
+@dataclass
+class _Slot:
+    episode: Episode
+    observation: str
+    admissible: list[str]
+    history: list[tuple[str, str]]
+    transcript: Transcript | None = None
+    done: bool = False
+
+
+def _window_prompt(slot: _Slot, prompt: PromptBuilder, codec: ChatCodec, cfg: RolloutConfig) -> list[int]:
+    """Shorten the history until the prompt fits, then left-truncate as the last resort."""
+    ep = slot.episode
+    for n in range(min(cfg.history_len, len(slot.history)), -1, -1):
+        hist = slot.history[-n:] if n else []
+        msgs = prompt.window_messages(ep.task, hist, slot.observation, slot.admissible, step=len(slot.history))
+        ids = codec.prompt_ids(msgs)
+        if len(ids) + cfg.max_new_tokens <= cfg.max_context_tokens:
+            return ids
+    ep.truncated = True
+    keep = max(1, cfg.max_context_tokens - cfg.max_new_tokens)
+    return ids[-keep:]
+
+
+def rollout(
+    policy: Generator,
+    pool,
+    games: Sequence[GameInfo],
+    prompt: PromptBuilder,
+    tokenizer,
+    cfg: RolloutConfig,
+    greedy: bool = False,
+    on_turn: Callable[[int, int], None] | None = None,
+) -> list[Episode]:
+    """Play `games` to the end with `policy`; returns one Episode per game, in order."""
+    if not games:
+        return []
+    policy.end_sessions(list(range(len(games))))  # session ids are slot numbers: forget older episodes
+    codec = ChatCodec(tokenizer)
+    params = cfg.sampling(greedy)
+    transcript = cfg.context_mode == "transcript"
+    slots: list[_Slot] = []
+    for game, res in zip(games, pool.reset(list(games)), strict=True):
+        ep = Episode(game.game_id, game.split, game.task_type, res.task, error=res.error)
+        slot = _Slot(ep, res.observation, list(res.admissible), [], done=res.done or res.error is not None)
+        if transcript and not slot.done:
+            slot.transcript = Transcript.start(codec, prompt.transcript_first(res.task, res.observation, res.admissible))
+        slots.append(slot)
+
+    turn_no = 0
+    while True:
+        active = [i for i, s in enumerate(slots) if not s.done]
+        if transcript:
+            active = _drop_overlong(slots, active, policy, cfg)
+        if not active:
+            break
+        if on_turn is not None:
+            on_turn(turn_no, len(active))
+        if transcript:
+            prompts = [slots[i].transcript.ids for i in active]
+            gens = policy.generate(prompts, params, session_ids=active, keep_cache=True)
+        else:
+            prompts = [_window_prompt(slots[i], prompt, codec, cfg) for i in active]
+            gens = policy.generate(prompts, params, session_ids=active)
+        parsed = [parse_action(g.text) for g in gens]
+        actions: list[str | None] = [None] * len(slots)
+        for i, p in zip(active, parsed, strict=True):
+            actions[i] = p.action
+        results = pool.step(actions)
+        for i, ctx, gen, p in zip(active, prompts, gens, parsed, strict=True):
+            slot, res = slots[i], results[i]
+            ep = slot.episode
+            offset = len(ctx) if transcript else -1
+            turn = Turn(
+                game_id=ep.game_id, split=ep.split, task_type=ep.task_type, step=len(ep.turns),
+                context_ids=[] if transcript else list(ctx), response_ids=gen.token_ids,
+                logprobs=gen.logprobs, response_text=gen.text, action=p.action, valid_format=p.valid,
+                observation=slot.observation, admissible=slot.admissible, feedback=res.observation,
+                done=res.done, won=res.won, offset=offset,
+            )
+            ep.turns.append(turn)
+            if transcript:
+                slot.transcript.add_response(gen.token_ids)
+            slot.history.append((slot.observation, p.action))
+            slot.observation, slot.admissible = res.observation, list(res.admissible)
+            if res.error is not None:
+                ep.error = res.error
+            if res.done or res.error is not None:
+                slot.done = True
+                ep.won = bool(res.won) and res.error is None
+            elif transcript:
+                slot.transcript.add_user(prompt.transcript_feedback(res.observation, res.admissible))
+        if transcript:
+            policy.end_sessions([i for i in active if slots[i].done])
+        turn_no += 1
+
+    episodes = [s.episode for s in slots]
+    if transcript:
+        for s in slots:
+            if s.transcript is not None:
+                _finish_transcript(s.episode, s.transcript)
+    return episodes
+
+
+def _drop_overlong(slots: list[_Slot], active: list[int], policy: Generator, cfg: RolloutConfig) -> list[int]:
+    keep, drop = [], []
+    for i in active:
+        if len(slots[i].transcript.ids) + cfg.max_new_tokens > cfg.max_context_tokens:
+            slots[i].done = True
+            slots[i].episode.truncated = True
+            drop.append(i)
+        else:
+            keep.append(i)
+    if drop:
+        policy.end_sessions(drop)
+    return keep
+
+
+def _finish_transcript(ep: Episode, tr: Transcript) -> None:
+    """Store the whole sequence with a mask on the student's own tokens and their turn index."""
+    n = max((t.offset + len(t.response_ids) for t in ep.turns), default=0)
+    ids = tr.ids[:n] if ep.turns else list(tr.ids)
+    mask = [0] * len(ids)
+    turn_index = [-1] * len(ids)
+    for k, t in enumerate(ep.turns):
+        for j in range(t.offset, t.offset + len(t.response_ids)):
+            mask[j] = 1
+            turn_index[j] = k
+    ep.sequence_ids, ep.student_mask, ep.turn_index = ids, mask, turn_index

@@ -1,0 +1,77 @@
+"""Turn and Episode records: exactly what the policy saw and did, so training can replay it.
+
+Token ids are stored as plain lists (cheap to pickle across processes and to write as JSONL);
+the DataModule turns them into padded tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Turn:
+    """One student turn: context -> sampled response -> environment feedback."""
+
+    game_id: str
+    split: str
+    task_type: str
+    step: int  # 0-based index of the turn inside its episode
+    # Exactly the tokens the policy conditioned on (no padding). Empty in transcript mode, where the
+    # context is Episode.sequence_ids[:offset] (storing every prefix would cost O(turns^2) memory).
+    context_ids: list[int]
+    response_ids: list[int]  # sampled tokens, including the stop tokens the model emitted
+    logprobs: list[float]  # sampling log-probs of response_ids under the policy (after temperature/top-p)
+    response_text: str
+    action: str  # the command sent to the environment
+    valid_format: bool  # True when <action>...</action> could be parsed
+    observation: str  # the observation the student acted on
+    admissible: list[str]  # admissible commands at that observation
+    feedback: str  # the environment's observation after the action (o_{t+1})
+    done: bool
+    won: bool
+    offset: int = -1  # transcript mode: position of response_ids[0] inside Episode.sequence_ids
+    # Filled in after the rollout by the judge and teacher scoring.
+    gate_label: str | None = None  # SKIP / WEAK / STRONG / INTERVENE / ALWAYS ...
+    gate: float = 1.0  # g_t
+    gate_probs: dict[str, float] | None = None
+    confidence: list[float] | None = None  # kappa_{t,k}, one per response token
+    teacher_logprobs: list[float] | None = None  # log pi_T(y_{t,k} | h_{t,k})
+
+
+@dataclass
+class Episode:
+    """A whole game played by the student; `turns` are in order."""
+
+    game_id: str
+    split: str
+    task_type: str
+    task: str  # the goal text, e.g. "put a clean mug in coffeemachine."
+    turns: list[Turn] = field(default_factory=list)
+    won: bool = False
+    error: str | None = None  # set when the environment worker died; the episode is then excluded
+    truncated: bool = False  # the context-length policy kicked in (see sage.rollout.loop)
+    # transcript mode: the whole episode as one sequence; the student's own tokens are marked.
+    sequence_ids: list[int] | None = None
+    student_mask: list[int] | None = None  # 1 on tokens the student generated
+    turn_index: list[int] | None = None  # per token: index of its turn (-1 outside responses)
+
+    @property
+    def length(self) -> int:
+        return len(self.turns)
+
+    @property
+    def success(self) -> bool:
+        return self.won and self.error is None
+
+    def to_dict(self, with_ids: bool = False) -> dict:
+        d = asdict(self)
+        if not with_ids:
+            for key in ("sequence_ids", "student_mask", "turn_index"):
+                d.pop(key)
+            for t in d["turns"]:
+                t.pop("context_ids")
+                t.pop("response_ids")
+                t.pop("logprobs")
+                t.pop("teacher_logprobs")
+        return d
