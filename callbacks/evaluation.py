@@ -1,14 +1,16 @@
 """ALFWorld success on the evaluation splits, overall and per task type, as torchmetrics.
 
 Logged as `val/<split>/success` and `val/<split>/<task_type>/success` (split = seen | unseen); the
-metrics sync across ranks, so sharded evaluation still counts every game once. At the end of
-`sage validate` the results are printed as a table and written to `<log_dir>/eval_results.json`.
+metrics sync across ranks, so sharded evaluation still counts every game once. Each validation
+during `sage fit` appends to `<log_dir>/val_history.jsonl`; `sage validate` prints a table and
+writes `<log_dir>/eval_results.json`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import lightning as L
@@ -33,9 +35,12 @@ def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[st
 
 
 class AlfworldEvaluation(L.Callback):
-    def __init__(self, print_table: bool = True, results_file: str = "eval_results.json") -> None:
+    def __init__(
+        self, print_table: bool = True, results_file: str = "eval_results.json", history_file: str = "val_history.jsonl"
+    ) -> None:
         self.print_table = print_table
-        self.results_file = results_file
+        self.results_file = results_file  # written by `sage validate` (one JSON object)
+        self.history_file = history_file  # appended by every validation during `sage fit` (JSON lines)
         self.results: dict[str, dict[str, float]] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self._metrics: dict[tuple[str, str], tuple[MeanMetric, SumMetric]] = {}
@@ -83,7 +88,12 @@ class AlfworldEvaluation(L.Callback):
             "success": success,  # fraction of games won; null where the split has no game of that type
             "games": self.counts,
         }
-        with open(root / self.results_file, "a" if trainer.state.fn == "fit" else "w") as f:
-            f.write(json.dumps(payload) + "\n")
+        if trainer.state.fn == "fit":
+            with open(root / self.history_file, "a") as f:
+                f.write(json.dumps(payload) + "\n")
+        else:
+            tmp = root / (self.results_file + ".tmp")
+            tmp.write_text(json.dumps(payload, indent=1) + "\n")
+            os.replace(tmp, root / self.results_file)
         if self.print_table and trainer.state.fn == "validate":
             print("\nALFWorld success (greedy)\n" + format_table(self.results, self.counts), flush=True)
