@@ -83,6 +83,7 @@ class SageDataModule(L.LightningDataModule):
         self.max_tokens = max_tokens_per_micro_batch
         self.seed = seed
         self.pool: EnvPool | None = None
+        self._own_pool = False
         self.last_episodes: list[Episode] = []
         self.last_epoch = -1
 
@@ -94,11 +95,14 @@ class SageDataModule(L.LightningDataModule):
         return SPLIT_KEYS[self.val_splits[index]]
 
     def setup(self, stage: str | None = None) -> None:
+        """Start the environment workers once; a pool assigned from outside (tests, notebooks) is
+        used as it is and left open."""
         if self.pool is None:
             self.pool = EnvPool(num_workers=self.env_workers, max_steps=self.max_steps)
+            self._own_pool = True
 
     def teardown(self, stage: str | None = None) -> None:
-        if self.pool is not None:
+        if self.pool is not None and self._own_pool:
             self.pool.close()
             self.pool = None
 

@@ -26,9 +26,11 @@ from sage.rollout.records import Episode
 OBJECTIVES = ("distill", "sft")
 
 
-def response_logits(model, input_ids, attention_mask, pred_mask) -> torch.Tensor:
-    """Logits only where a response token is predicted ([N, V]): the LM head on every position of a
-    long transcript would cost sequence x vocabulary memory for nothing."""
+def masked_logits(model, input_ids, attention_mask, pred_mask) -> torch.Tensor:
+    """Logits [N, V] at the positions that predict a response token, and nowhere else.
+
+    The LM head runs on the selected hidden states only: on a long transcript, logits for every
+    position would cost sequence x vocabulary memory for nothing."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return base.get_output_embeddings()(hidden[:, :-1][pred_mask])
@@ -130,7 +132,7 @@ class SageModule(L.LightningModule):
         targets = ids[:, 1:][pred][None]
         gate = item["gate"][:, 1:][pred][None]
         conf = item["confidence"][:, 1:][pred][None]
-        s_logits = response_logits(self.student, ids, attn, pred)[None, :, : self.vocab_rows]
+        s_logits = masked_logits(self.student, ids, attn, pred)[None, :, : self.vocab_rows]
         spec = self.loss_spec
         if self.objective == "sft":
             tok = -target_logprobs(s_logits, targets)
@@ -139,7 +141,7 @@ class SageModule(L.LightningModule):
             tlp = item["teacher_logprobs"][:, 1:][pred][None]
             if spec.divergence != "sampled_reverse_kl":
                 with torch.no_grad():
-                    t_logits = response_logits(self.teacher, ids, attn, pred)[None, :, : self.vocab_rows]
+                    t_logits = masked_logits(self.teacher, ids, attn, pred)[None, :, : self.vocab_rows]
             tok = token_divergence(
                 s_logits, t_logits, targets, kind=spec.divergence, beta=spec.beta,
                 temperature=spec.temperature, teacher_target_logprobs=tlp,
