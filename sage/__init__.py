@@ -1,0 +1,1 @@
+"""SAGE-OPD: selective agent-guided multi-turn on-policy distillation of LLM agents on ALFWorld."""

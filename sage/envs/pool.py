@@ -1,0 +1,261 @@
+"""Many ALFWorld games stepped at once in worker processes (ALFWorld is not thread-safe).
+
+Workers are started with the "spawn" method: the parent usually has torch (OpenMP/CUDA threads) loaded,
+and forking a threaded process can deadlock; "forkserver" would avoid that too but shares one global
+server (and its preload list) with every other user of multiprocessing in the process. Spawn costs one
+fresh interpreter (~1 s) per worker start, paid again only when a worker is recycled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+from collections.abc import Sequence
+from multiprocessing.connection import wait
+
+from sage.envs.alfworld_env import AlfworldEnv, StepResult
+from sage.envs.games import GameInfo, GameLoadError
+
+
+def _portable_error(exc: BaseException) -> Exception:
+    """Exceptions cross the pipe as plain types that always pickle."""
+    if isinstance(exc, GameLoadError):
+        return GameLoadError(str(exc))
+    return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _worker_main(conn, max_steps: int):
+    """Child loop: ("reset", [game, ...]) or ("step", [(index, action), ...]) -> [StepResult | Exception].
+
+    Ctrl-C is left to the parent, which shuts workers down; a worker whose parent vanished sees EOF.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import alfworld.agents.environment.alfred_tw_env  # noqa: F401  (warm the engine imports early)
+
+    envs: list[AlfworldEnv] = []
+    while True:
+        try:
+            cmd, payload = conn.recv()
+        except (EOFError, OSError):
+            break
+        if cmd == "close":
+            break
+        out = []
+        if cmd == "reset":
+            # Spare envs stay open: reusing one avoids loading another copy of the planner library.
+            envs += [AlfworldEnv(max_steps, expert=False) for _ in range(len(payload) - len(envs))]
+            calls = [(env.reset, game) for env, game in zip(envs, payload, strict=False)]
+        else:  # "step": payload holds (local index, action) pairs
+            calls = [(envs[i].step, action) for i, action in payload]
+        for fn, arg in calls:
+            try:
+                out.append(fn(arg))
+            except Exception as exc:  # report per slot; the worker itself keeps going
+                out.append(_portable_error(exc))
+        conn.send(out)
+    for env in envs:
+        env.close()
+
+
+def _deal(games: list, num_workers: int) -> dict[int, list[int]]:
+    """Slots per worker, balanced by game-file size: load and step time both grow with it (a kitchen
+    steps ~3x slower than a small bedroom), and lockstep rounds wait for the slowest worker."""
+    sizes = []
+    for game in games:
+        try:
+            sizes.append(os.path.getsize(game.path if isinstance(game, GameInfo) else str(game)))
+        except OSError:
+            sizes.append(0)
+    load = [0] * min(num_workers, len(games))
+    plan: dict[int, list[int]] = {w: [] for w in range(len(load))}
+    for slot in sorted(range(len(games)), key=lambda i: (-sizes[i], i)):
+        w = min(range(len(load)), key=lambda k: (load[k], len(plan[k]), k))
+        load[w] += sizes[slot]
+        plan[w].append(slot)
+    return {w: sorted(slots) for w, slots in plan.items()}
+
+
+class _Worker:
+    def __init__(self, ctx, max_steps: int):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main, args=(child, max_steps), daemon=True, name="sage-alfworld-worker"
+        )
+        self.process.start()
+        child.close()
+        self.games_opened = 0
+        self.alive = True
+
+    def send(self, msg) -> bool:
+        try:
+            self.conn.send(msg)
+            return True
+        except (OSError, ValueError):
+            self.alive = False
+            return False
+
+    def recv(self):
+        """The reply, or None when the process died before answering."""
+        try:
+            wait([self.conn, self.process.sentinel])
+            if self.conn.poll():
+                return self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        self.alive = False
+        return None
+
+    def death_note(self) -> str:
+        self.process.join(timeout=1.0)
+        return f"ALFWorld worker process {self.process.pid} died (exit code {self.process.exitcode})"
+
+    def stop(self):
+        if self.process.is_alive() and self.send(("close", None)):
+            self.process.join(timeout=5.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5.0)
+        self.conn.close()
+
+
+class EnvPool:
+    """Slot i of reset(games) plays games[i]; slots are spread over the workers (balanced by game size) so
+    one step() call runs every worker at once.
+
+    A worker that dies ends only its own episodes (StepResult.error set, done=True); it is replaced at
+    the next reset. Workers are also replaced after `recycle_after` games, because a process that keeps
+    opening games keeps growing. num_workers=0 plays every game in this process (debugging).
+    """
+
+    def __init__(self, num_workers: int = 2, max_steps: int = 50, recycle_after: int = 64):
+        if num_workers < 0 or max_steps < 1 or recycle_after < 1:
+            raise ValueError(
+                f"need num_workers >= 0, max_steps >= 1, recycle_after >= 1; got "
+                f"{num_workers}, {max_steps}, {recycle_after}"
+            )
+        self.num_workers, self.max_steps, self.recycle_after = num_workers, max_steps, recycle_after
+        self._ctx = mp.get_context("spawn")
+        self._workers: list[_Worker | None] = [None] * num_workers
+        self._local_envs: list[AlfworldEnv] = []
+        self._last: list[StepResult] = []
+        self._where: list[tuple[int, int]] = []  # slot -> (worker index, index inside the worker)
+
+    @property
+    def num_slots(self) -> int:
+        return len(self._last)
+
+    def worker_pid(self, slot: int) -> int | None:
+        """Pid of the process playing `slot` (None in-process)."""
+        if not self.num_workers:
+            return None
+        worker = self._workers[self._where[slot][0]]
+        return worker.process.pid if worker is not None else None
+
+    def reset(self, games: Sequence[GameInfo]) -> list[StepResult]:
+        games = list(games)
+        self._last, self._where = [], []
+        if not self.num_workers:
+            return self._reset_local(games)
+        plan = _deal(games, self.num_workers)
+        for w, slots in plan.items():
+            self._ensure_worker(w, len(slots))
+        sent = {w for w, slots in plan.items() if self._workers[w].send(("reset", [games[s] for s in slots]))}
+        results: list[StepResult | Exception | None] = [None] * len(games)
+        where = [(0, 0)] * len(games)
+        for w, slots in plan.items():
+            worker = self._workers[w]
+            reply = worker.recv() if w in sent else None
+            worker.games_opened += len(slots)
+            note = worker.death_note() if reply is None else ""
+            for k, s in enumerate(slots):
+                where[s] = (w, k)
+                results[s] = reply[k] if reply is not None else self._dead_result(note, None)
+        failure = next((r for r in results if isinstance(r, Exception)), None)
+        if failure is not None:
+            raise failure
+        self._last, self._where = results, where
+        return list(results)
+
+    def step(self, actions: Sequence[str | None]) -> list[StepResult | None]:
+        if len(actions) != len(self._last):
+            raise ValueError(f"step() got {len(actions)} actions for {len(self._last)} slots (reset first)")
+        active = [i for i, a in enumerate(actions) if a is not None and not self._last[i].done]
+        if not self.num_workers:
+            for i in active:
+                try:
+                    self._last[i] = self._local_envs[i].step(actions[i])
+                except Exception as exc:  # same contract as a worker: the episode ends with an error
+                    self._last[i] = self._dead_result(str(_portable_error(exc)), self._last[i])
+            return [None if a is None else self._last[i] for i, a in enumerate(actions)]
+        by_worker: dict[int, list[int]] = {}
+        for i in active:
+            by_worker.setdefault(self._where[i][0], []).append(i)
+        sent = {
+            w
+            for w, slots in by_worker.items()
+            if self._workers[w].alive
+            and self._workers[w].send(("step", [(self._where[i][1], actions[i]) for i in slots]))
+        }
+        for w, slots in by_worker.items():
+            worker = self._workers[w]
+            reply = worker.recv() if w in sent else None
+            if reply is None:  # every episode of this worker ends, idle slots included
+                note = worker.death_note()
+                for i, (wi, _) in enumerate(self._where):
+                    if wi == w and not self._last[i].done:
+                        self._last[i] = self._dead_result(note, self._last[i])
+                continue
+            for i, result in zip(slots, reply, strict=True):
+                self._last[i] = (
+                    result
+                    if isinstance(result, StepResult)
+                    else self._dead_result(str(result), self._last[i])
+                )
+        return [None if a is None else self._last[i] for i, a in enumerate(actions)]
+
+    def close(self):
+        for worker in self._workers:
+            if worker is not None:
+                worker.stop()
+        self._workers = [None] * self.num_workers
+        for env in self._local_envs:
+            env.close()
+        self._local_envs, self._last, self._where = [], [], []
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _reset_local(self, games: list[GameInfo]) -> list[StepResult]:
+        missing = len(games) - len(self._local_envs)
+        self._local_envs += [AlfworldEnv(self.max_steps, expert=False) for _ in range(missing)]
+        self._last = [env.reset(game) for env, game in zip(self._local_envs, games, strict=False)]
+        self._where = [(0, i) for i in range(len(games))]
+        return list(self._last)
+
+    def _ensure_worker(self, w: int, new_games: int):
+        """Replace worker w when it died or would pass `recycle_after` games; start it if missing."""
+        worker = self._workers[w]
+        if worker is not None and (
+            not worker.alive
+            or not worker.process.is_alive()
+            or (worker.games_opened and worker.games_opened + new_games > self.recycle_after)
+        ):
+            worker.stop()
+            worker = None
+        if worker is None:
+            self._workers[w] = _Worker(self._ctx, self.max_steps)
+
+    @staticmethod
+    def _dead_result(note: str, last: StepResult | None) -> StepResult:
+        return StepResult(
+            "", [], False, True, last.step if last else 0, last.task if last else "", error=note
+        )
