@@ -1,0 +1,171 @@
+"""The turn gate g_t (METHOD.md): which student turns get distilled, and how strongly.
+
+Modes:
+- ``teacher_judge`` (SAGE): the teacher reads task, recent history, the student's response and the
+  environment feedback, and its next-token probabilities over the verdict labels give the gate. No
+  sampling, no reward, no won/done flag.
+- ``always`` (standard OPD): every turn, label ``ALWAYS``, gate 1.
+- ``feedback_rule`` (cheap baseline): label ``INTERVENE`` (gate 1) when the feedback reports a failure
+  ("Nothing happens."), the action repeats the previous one, or the response's format is invalid;
+  otherwise ``SKIP`` (gate 0). The same names as the two-level judge, so their logs compare directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sage.distill.judge_prompt import JudgePrompt
+from sage.distill.teacher import budget_batches, model_device, pad_batch, response_logits, token_logprobs
+from sage.rollout.records import Episode, Turn
+
+JUDGE_MODES = ("teacher_judge", "always", "feedback_rule")
+SCORING = ("auto", "first_token", "full")
+DEFAULT_WEIGHTS = {"SKIP": 0.0, "STRONG": 1.0, "INTERVENE": 1.0}  # WEAK: weak_weight
+
+
+def _norm_action(action: str) -> str:
+    return " ".join(action.lower().split())
+
+
+class TurnJudge:
+    """Fills ``turn.gate_label``, ``turn.gate`` and ``turn.gate_probs`` for every turn of the episodes.
+
+    ``scoring`` (teacher_judge): ``first_token`` reads p(first token of each label) from one forward
+    per prompt; ``full`` scores each whole label continuation (sum of token log-probs, one forward per
+    prompt x label); ``auto`` uses ``first_token`` when the labels' first tokens are distinct, else ``full``.
+    Probabilities are renormalized over the label set; the label is their argmax.
+    """
+
+    def __init__(
+        self,
+        mode: str = "teacher_judge",
+        labels: Sequence[str] = ("SKIP", "WEAK", "STRONG"),
+        weights: dict[str, float] | None = None,
+        weak_weight: float = 0.5,
+        history_len: int = 2,
+        prompt: JudgePrompt | None = None,
+        model=None,
+        tokenizer=None,
+        max_batch: int = 16,
+        scoring: str = "auto",
+        fail_markers: Sequence[str] = ("Nothing happens.",),
+    ):
+        if mode not in JUDGE_MODES:
+            raise ValueError(f"unknown gate mode {mode!r}; expected one of {JUDGE_MODES}")
+        if scoring not in SCORING:
+            raise ValueError(f"unknown judge scoring {scoring!r}; expected one of {SCORING}")
+        labels = tuple(labels)
+        if mode == "teacher_judge":
+            if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
+                raise ValueError(f"the judge needs at least two distinct non-empty labels, got {labels}")
+            if model is None or tokenizer is None:
+                raise ValueError("gate mode 'teacher_judge' needs the teacher model and its tokenizer")
+            defaults = {**DEFAULT_WEIGHTS, "WEAK": weak_weight}
+            weights = dict(weights) if weights is not None else {k: defaults[k] for k in labels if k in defaults}
+            missing = [k for k in labels if k not in weights]
+            if missing:
+                raise ValueError(f"no gate weight for label(s) {missing}: pass weights={{label: gate}}")
+        self.mode, self.labels, self.weights = mode, labels, weights or {}
+        self.history_len, self.max_batch, self.scoring = history_len, max_batch, scoring
+        self.prompt = prompt or JudgePrompt()
+        self.model, self.tokenizer = model, tokenizer
+        self.fail_markers = tuple(fail_markers)
+
+    def judge(self, episodes: Sequence[Episode]) -> None:
+        if self.mode == "always":
+            for t in (t for e in episodes for t in e.turns):
+                t.gate_label, t.gate, t.gate_probs = "ALWAYS", 1.0, {"ALWAYS": 1.0}
+        elif self.mode == "feedback_rule":
+            for e in episodes:
+                for k, t in enumerate(e.turns):
+                    bad = self.rule_intervenes(t, e.turns[k - 1] if k else None)
+                    t.gate_label, t.gate = ("INTERVENE", 1.0) if bad else ("SKIP", 0.0)
+                    t.gate_probs = {"SKIP": float(not bad), "INTERVENE": float(bad)}
+        else:
+            self._judge_with_teacher(episodes)
+
+    def rule_intervenes(self, turn: Turn, previous: Turn | None) -> bool:
+        failed = any(m in turn.feedback for m in self.fail_markers)
+        repeated = previous is not None and _norm_action(turn.action) == _norm_action(previous.action)
+        return failed or repeated or not turn.valid_format
+
+    # --- teacher_judge -------------------------------------------------------------------------
+    def prompt_text(self, episode: Episode, k: int) -> str:
+        """The judge prompt for turn k as text (chat template + assistant header + answer prefix)."""
+        t = episode.turns[k]
+        first = max(0, k - self.history_len)
+        history = [(h.observation, h.action) for h in episode.turns[first:k]] if self.history_len > 0 else []
+        msgs = self.prompt.messages(
+            self.labels, episode.task, history, t.observation, t.response_text, t.feedback, t.action, t.admissible
+        )
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        else:  # base models: plain text
+            text = "\n\n".join(m["content"] for m in msgs) + "\n"
+        return text + self.prompt.answer_prefix
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def label_token_ids(self, prompt_text: str) -> list[list[int]]:
+        """Token ids of each label as it continues ``prompt_text``: after a non-space character a
+        separating space is added, and the tokens are cut from the tokenization of prompt + label so that
+        word-initial (leading-space) forms match what the teacher would actually emit."""
+        sep = " " if prompt_text and not prompt_text[-1].isspace() else ""
+        prefix = self._encode(prompt_text)
+        out = []
+        for label in self.labels:
+            full = self._encode(prompt_text + sep + label)
+            ids = full[len(prefix):] if full[: len(prefix)] == prefix else self._encode(sep + label)
+            if not ids:
+                raise ValueError(f"label {label!r} tokenizes to nothing")
+            out.append(ids)
+        if len({tuple(i) for i in out}) != len(out):
+            raise ValueError(f"labels {self.labels} are not distinguishable after tokenization")
+        return out
+
+    def use_first_token(self, label_ids: list[list[int]]) -> bool:
+        distinct = len({ids[0] for ids in label_ids}) == len(label_ids)
+        if self.scoring == "first_token" and not distinct:
+            raise ValueError(f"labels {self.labels} share a first token: use scoring='full' or 'auto'")
+        return self.scoring == "first_token" or (self.scoring == "auto" and distinct)
+
+    @torch.no_grad()
+    def label_logprobs(self, prompts: list[list[int]], label_ids: list[list[int]]) -> torch.Tensor:
+        """``[N, n_labels]`` log-probabilities of each label after each prompt (not yet renormalized)."""
+        n_lab = len(label_ids)
+        first_token = self.use_first_token(label_ids)
+        if first_token:  # one row per prompt; the first label token is predicted from the prompt's last token
+            seqs, positions = prompts, [[len(p)] for p in prompts]
+        else:  # one row per (prompt, label), row-major
+            seqs = [p + ids for p in prompts for ids in label_ids]
+            positions = [range(len(p), len(p) + len(ids)) for p in prompts for ids in label_ids]
+        device = model_device(self.model)
+        first = torch.tensor([ids[0] for ids in label_ids], device=device)
+        out = torch.zeros(len(seqs), n_lab if first_token else 1)
+        for batch in budget_batches([len(s) for s in seqs], max_tokens=1 << 62, max_rows=self.max_batch):
+            ids, attn, pos = pad_batch([seqs[i] for i in batch], [positions[i] for i in batch], device)
+            logits = response_logits(self.model, ids, attn, pos)
+            if first_token:
+                lp = torch.log_softmax(logits[:, 0].float(), dim=-1)[:, first]
+            else:
+                valid = pos >= 1
+                targets = ids.gather(1, pos.clamp(max=ids.shape[1] - 1)) * valid
+                lp = (token_logprobs(logits, targets) * valid).sum(-1, keepdim=True)
+            out[torch.tensor(batch)] = lp.cpu()
+        return out.view(len(prompts), n_lab)
+
+    def _judge_with_teacher(self, episodes: Sequence[Episode]) -> None:
+        items = [(e, k) for e in episodes for k in range(len(e.turns))]
+        if not items:
+            return
+        texts = [self.prompt_text(e, k) for e, k in items]
+        label_ids = self.label_token_ids(texts[0])
+        probs = torch.softmax(self.label_logprobs([self._encode(s) for s in texts], label_ids), dim=-1)
+        for (e, k), p in zip(items, probs, strict=True):
+            t = e.turns[k]
+            t.gate_probs = {lab: float(x) for lab, x in zip(self.labels, p, strict=True)}
+            t.gate_label = self.labels[int(p.argmax())]
+            t.gate = float(self.weights[t.gate_label])

@@ -1,0 +1,107 @@
+"""Gate x confidence weighting and step-wide normalization of the token loss (METHOD.md, "Normalization").
+
+The step loss is ``L = sum(g * kappa * l * mask) / D`` where the sums run over the whole optimizer step
+(every micro-batch, every rank) and ``D`` is
+
+* ``opd``: ``sum(mask)``, the number of response tokens (skipped turns included), i.e. standard OPD's
+  token mean;
+* ``weighted``: ``max(eps, sum(g * kappa * mask))``, so the weights average to 1 over the step and the
+  loss keeps OPD's scale while skipped turns still contribute nothing.
+
+Contract with the caller (gradient accumulation must not change the loss):
+
+1. Before any backward of a step, compute ``step_denominator`` for every micro-batch of that step, sum
+   them, and all-reduce (sum) the total across ranks.
+2. Call ``weighted_loss`` per micro-batch with that same total and backward each result. The
+   per-micro-batch losses then add up to exactly the step loss, and their accumulated gradients to the
+   step gradient, whatever the accumulation split. The ``eps`` clamp is applied to the total only.
+3. DDP averages gradients over its W ranks; multiply each micro-batch loss by W (or divide the total
+   denominator by W) so the averaged gradient is that of the global step loss.
+
+If every turn of the step is skipped the numerator weights are all zero and the loss is exactly 0.0,
+with a graph back to ``token_loss`` (zero gradients), even if ``token_loss`` holds inf/NaN there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from sage.distill.divergence import DIVERGENCE_KINDS
+
+NORMALIZE_KINDS: tuple[str, ...] = ("weighted", "opd")
+
+
+def _check_normalize(normalize: str) -> None:
+    if normalize not in NORMALIZE_KINDS:
+        raise ValueError(f"unknown loss normalization {normalize!r}; expected one of {NORMALIZE_KINDS}")
+
+
+def _weights(mask: Tensor, gate: Tensor, confidence: Tensor) -> Tensor:
+    """g * kappa * mask, detached, exactly 0 off the mask (so NaN gates on padding cannot leak)."""
+    mask = mask.detach()
+    w = gate.detach() * confidence.detach() * mask
+    return torch.where(mask > 0, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+def step_denominator(
+    mask: Tensor, gate: Tensor, confidence: Tensor, normalize: str, eps: float = 1e-8
+) -> Tensor:
+    """This micro-batch's share of the step denominator (detached scalar); sum it over the whole step.
+
+    ``eps`` is accepted for symmetry with :class:`LossSpec` but not applied: clamping per micro-batch would
+    make the total depend on the split, so ``weighted_loss`` clamps the step total instead.
+    """
+    _check_normalize(normalize)
+    dtype = torch.promote_types(torch.promote_types(gate.dtype, confidence.dtype), torch.float32)
+    if normalize == "opd":
+        return mask.detach().to(dtype).sum()
+    return _weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype)).sum()
+
+
+def weighted_loss(
+    token_loss: Tensor,
+    mask: Tensor,
+    gate: Tensor,
+    confidence: Tensor,
+    denominator: Tensor | float,
+    eps: float = 1e-8,
+) -> Tensor:
+    """``sum(g * kappa * l * mask) / max(eps, denominator)`` for one micro-batch (scalar).
+
+    ``denominator`` is the step total of :func:`step_denominator`. Positions with zero weight are
+    removed with ``torch.where`` rather than multiplied by 0, so inf/NaN losses there cannot poison the
+    value or the gradient.
+    """
+    dtype = torch.promote_types(token_loss.dtype, torch.float32)
+    w = _weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype))
+    active = w != 0
+    loss = torch.where(active, token_loss.to(dtype), torch.zeros((), dtype=dtype, device=token_loss.device))
+    denom = torch.as_tensor(denominator, dtype=dtype, device=token_loss.device).detach().clamp(min=eps)
+    return (w * loss).sum() / denom
+
+
+@dataclass
+class LossSpec:
+    """Typed loss config (``loss:`` in YAML): token divergence and normalization."""
+
+    divergence: Literal["reverse_kl", "sampled_reverse_kl", "forward_kl", "jsd"] = "reverse_kl"
+    beta: float = 0.5  # jsd only: 0 = forward KL, 1 = reverse KL
+    temperature: float = 1.0
+    normalize: Literal["weighted", "opd"] = "weighted"
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.divergence not in DIVERGENCE_KINDS:
+            raise ValueError(f"loss.divergence={self.divergence!r} is not one of {DIVERGENCE_KINDS}")
+        if self.normalize not in NORMALIZE_KINDS:
+            raise ValueError(f"loss.normalize={self.normalize!r} is not one of {NORMALIZE_KINDS}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"loss.beta={self.beta!r} must be in [0, 1]")
+        if not self.temperature > 0:
+            raise ValueError(f"loss.temperature={self.temperature!r} must be > 0")
+        if not self.eps > 0:
+            raise ValueError(f"loss.eps={self.eps!r} must be > 0")

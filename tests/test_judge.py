@@ -1,0 +1,127 @@
+"""Turn gate: the teacher judge reads the label the teacher prefers; always / feedback_rule are exact."""
+
+import pytest
+import torch
+from helpers import biased_model, make_episode, make_turn, tiny_tokenizer
+
+from sage.distill.judge import TurnJudge
+from sage.distill.judge_prompt import JudgePrompt
+
+THREE = ("SKIP", "WEAK", "STRONG")
+TWO = ("SKIP", "INTERVENE")
+# A short prompt keeps the forwards cheap; the default prompt's content is tested on its own.
+SHORT = JudgePrompt(system="Judge the turn.", user="{task}\n{history}\n{response}\n{feedback}\n{label_list}?")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def _episodes():
+    a = make_episode([
+        make_turn(step=0, action="go to desk 1", feedback="On the desk 1, you see a mug 1."),
+        make_turn(step=1, action="take mug 1 from desk 1", feedback="You pick up the mug 1 from the desk 1."),
+        make_turn(step=2, action="take mug 1 from desk 1", feedback="Nothing happens."),
+        make_turn(step=3, action="", valid_format=False, feedback="Nothing happens.", done=True),
+    ])
+    b = make_episode([make_turn(step=0, action="look", feedback="You are in the middle of a room.")],
+                     game_id="g1", task="look at the bowl under the desklamp.")
+    return [a, b]
+
+
+@pytest.fixture(scope="module")
+def biased():
+    """One tiny teacher with a biased LM head; tests set the bias of the label tokens they want."""
+    return biased_model({})
+
+
+def _set_bias(model, ids):
+    with torch.no_grad():
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[list(ids)] = 30.0
+    return model
+
+
+def _label_ids(tok, labels, model):
+    judge = TurnJudge(labels=labels, weights=dict.fromkeys(labels, 0.0), model=model, tokenizer=tok, prompt=SHORT)
+    return judge.label_token_ids(judge.prompt_text(_episodes()[0], 0))
+
+
+@pytest.mark.parametrize("labels", [THREE, TWO])
+def test_judge_picks_the_label_the_teacher_prefers(tok, biased, labels):
+    label_ids = _label_ids(tok, labels, biased)
+    weights = {"SKIP": 0.0, "WEAK": 0.5, "STRONG": 1.0, "INTERVENE": 1.0}
+    for target, ids in zip(labels, label_ids, strict=True):
+        model = _set_bias(biased, ids)
+        for scoring in ("first_token", "full"):
+            eps = _episodes()
+            TurnJudge(labels=labels, model=model, tokenizer=tok, prompt=SHORT, scoring=scoring, max_batch=3).judge(eps)
+            for t in (t for e in eps for t in e.turns):
+                assert t.gate_label == target and t.gate == weights[target]
+                assert set(t.gate_probs) == set(labels) and sum(t.gate_probs.values()) == pytest.approx(1.0)
+                assert t.gate_probs[target] > 0.9
+
+
+def test_multi_token_labels_with_colliding_first_tokens(tok, biased):
+    labels = ("SKIPA", "SKIPB")
+    ids_a, ids_b = _label_ids(tok, labels, biased)
+    assert ids_a[0] == ids_b[0] and len(ids_a) > 1 and len(ids_b) > 1  # the first token alone cannot decide
+    with pytest.raises(ValueError, match="share a first token"):
+        TurnJudge(labels=labels, weights={"SKIPA": 0.0, "SKIPB": 1.0}, model=biased, tokenizer=tok,
+                  scoring="first_token").judge(_episodes())
+    for target, ids, gate in (("SKIPA", ids_a, 0.0), ("SKIPB", ids_b, 1.0)):
+        eps = _episodes()
+        judge = TurnJudge(labels=labels, weights={"SKIPA": 0.0, "SKIPB": 1.0},
+                          model=_set_bias(biased, ids[1:]), tokenizer=tok, prompt=SHORT)
+        judge.judge(eps)
+        assert all(t.gate_label == target and t.gate == gate for e in eps for t in e.turns)
+
+
+def test_probabilities_do_not_depend_on_batching(tok, biased):
+    model = _set_bias(biased, [])
+    probs = []
+    for max_batch, scoring in ((1, "first_token"), (16, "first_token"), (1, "full"), (16, "full")):
+        eps = _episodes()
+        TurnJudge(model=model, tokenizer=tok, prompt=SHORT, max_batch=max_batch, scoring=scoring).judge(eps)
+        probs.append(torch.tensor([[t.gate_probs[k] for k in THREE] for e in eps for t in e.turns]))
+    assert torch.allclose(probs[0], probs[1], atol=1e-5) and torch.allclose(probs[2], probs[3], atol=1e-5)
+
+
+def test_prompt_has_history_and_feedback_but_no_outcome(tok, biased):
+    judge = TurnJudge(model=biased, tokenizer=tok, history_len=2,
+                      prompt=JudgePrompt(answer_prefix="Verdict:"))
+    ep = _episodes()[0]
+    text = judge.prompt_text(ep, 3)
+    assert ep.task in text and "Nothing happens." in text and ep.turns[3].response_text in text
+    assert "take mug 1 from desk 1" in text and "go to desk 1" not in text  # only the last 2 turns
+    assert text.endswith("Verdict:")
+    ep.turns[3].won, ep.turns[3].done, ep.won = True, False, True
+    assert judge.prompt_text(ep, 3) == text  # verifier-free: outcome flags never reach the judge
+    label_ids = judge.label_token_ids(text)
+    assert label_ids[0] == tok(" SKIP", add_special_tokens=False)["input_ids"]  # leading space after "Verdict:"
+
+
+def test_always_and_feedback_rule():
+    eps = _episodes()
+    TurnJudge(mode="always").judge(eps)
+    assert all(t.gate == 1.0 and t.gate_label == "ALWAYS" for e in eps for t in e.turns)
+    eps = _episodes()
+    TurnJudge(mode="feedback_rule").judge(eps)
+    got = [(t.gate_label, t.gate) for e in eps for t in e.turns]
+    # ok, ok, repeated action + "Nothing happens.", invalid format, ok
+    assert got == [("SKIP", 0.0), ("SKIP", 0.0), ("INTERVENE", 1.0), ("INTERVENE", 1.0), ("SKIP", 0.0)]
+    repeat = make_episode([make_turn(step=0, action="look"), make_turn(step=1, action=" Look ")])
+    TurnJudge(mode="feedback_rule").judge([repeat])
+    assert [t.gate for t in repeat.turns] == [0.0, 1.0]
+
+
+def test_configuration_errors(tok, biased):
+    with pytest.raises(ValueError, match="unknown gate mode"):
+        TurnJudge(mode="oracle")
+    with pytest.raises(ValueError, match="teacher model"):
+        TurnJudge(mode="teacher_judge")
+    with pytest.raises(ValueError, match="no gate weight"):
+        TurnJudge(labels=("GOOD", "BAD"), model=biased, tokenizer=tok)
+    with pytest.raises(ValueError, match="unknown field"):
+        JudgePrompt(user="{verdict}").messages(THREE, "t", [], "o", "r", "f")

@@ -1,0 +1,123 @@
+"""Model loading: tiny random models, LoRA, frozen teachers, truncation, errors, tokenizer checks, SmolLM2."""
+
+import copy
+
+import pytest
+import torch
+from helpers import tiny_model, tiny_tokenizer
+
+from sage.models import (
+    LoraSpec,
+    ModelSpec,
+    TokenizerMismatchError,
+    check_tokenizers,
+    load_model,
+    load_tokenizer,
+    smollm2_path,
+    vocab_rows,
+)
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_tiny_random_is_deterministic_and_shaped_like_smollm2():
+    before = torch.get_rng_state()
+    a = load_model(ModelSpec("tiny-random", seed=0))
+    assert torch.equal(before, torch.get_rng_state())  # the global RNG is left alone
+    assert _same_weights(a, load_model("tiny-random", seed=0))
+    assert not _same_weights(a, load_model("tiny-random", seed=1))
+    cfg = a.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 2, 4, 2)
+    assert (cfg.intermediate_size, vocab_rows(a), cfg.eos_token_id) == (128, 49152, 2)
+    assert load_model("tiny-random", num_layers=3).config.num_hidden_layers == 3
+
+
+def test_lora_wraps_and_only_adapters_train():
+    model = load_model(ModelSpec("tiny-random", lora=LoraSpec(r=4, alpha=8, dropout=0.0)))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any("lora_" in n for n in trainable if "mlp" in n) and any("self_attn" in n for n in trainable)
+    model(input_ids=torch.tensor([[1, 5, 9]])).logits.sum().backward()
+    full = load_model("tiny-random")
+    assert full.training and all(p.requires_grad for p in full.parameters())
+
+
+def test_frozen_teacher():
+    teacher = load_model("tiny-random", trainable=False)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match="LoRA"):
+        load_model(ModelSpec("tiny-random", lora=LoraSpec()), trainable=False)
+
+
+def test_dtype_and_errors(tmp_path):
+    assert next(load_model("tiny-random", dtype="bfloat16").parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        load_model("tiny-random", dtype="float8")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_tokenizer(str(tmp_path / "missing"))
+
+
+def test_local_folder_and_layer_truncation(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2)
+    full = Qwen2ForCausalLM(cfg)
+    full.save_pretrained(tmp_path / "qwen")
+    small = load_model(str(tmp_path / "qwen"), num_layers=2)
+    assert len(small.model.layers) == 2 and small.config.num_hidden_layers == 2
+    assert small.config.layer_types == ["full_attention"] * 2
+    for kept, orig in zip(small.model.layers, full.model.layers[:2], strict=True):
+        assert _same_weights(kept, orig)
+    ids = torch.tensor([[3, 4, 5]])
+    assert small(input_ids=ids).logits.shape == (1, 3, 256)
+    with pytest.raises(ValueError, match="num_layers=5"):
+        load_model(str(tmp_path / "qwen"), num_layers=5)
+
+
+def test_check_tokenizers_same_and_padded_vocab():
+    tok = tiny_tokenizer()
+    assert check_tokenizers(tok, tiny_tokenizer(), 49152, 49152) == 49152
+    padded = tiny_model(vocab_size=49152 + 64)
+    assert check_tokenizers(tok, tiny_tokenizer(), 49152, vocab_rows(padded)) == 49152
+    with pytest.raises(TokenizerMismatchError, match="logit rows"):
+        check_tokenizers(tok, tok, 49152, 1000)
+
+
+def test_check_tokenizers_mismatches():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = tiny_tokenizer()
+    extra = copy.deepcopy(tok)
+    extra.add_tokens(["<extra_tool>"])
+    with pytest.raises(TokenizerMismatchError, match="<extra_tool>"):
+        check_tokenizers(tok, extra, 49152, 49152 + 64)
+    other = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1}, unk_token="<unk>")),
+        eos_token="hello",
+    )
+    with pytest.raises(TokenizerMismatchError, match="differ first at token"):
+        check_tokenizers(tok, other, 49152, 49152)
+    eos = copy.deepcopy(tok)
+    eos.eos_token = "<|endoftext|>"
+    with pytest.raises(TokenizerMismatchError, match="eos_token"):
+        check_tokenizers(tok, eos, 49152, 49152)
+
+
+def test_smollm2_offline_conversion_and_quickstart_student():
+    path = smollm2_path()
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    tok = load_tokenizer("smollm2-135m-instruct")
+    assert len(tok) == 49152 and tok.eos_token_id == 2 and tok.pad_token_id == 2
+    assert tok.convert_tokens_to_ids("<|im_start|>") == 1 and tok.model_max_length == 8192
+    assert tok.padding_side == "left"
+    student = load_model("smollm2-135m-instruct", num_layers=6, trainable=False)
+    assert vocab_rows(student) == 49152 and student.config.num_hidden_layers == 6
+    assert check_tokenizers(tok, tiny_tokenizer(), vocab_rows(student), 49152) == 49152
