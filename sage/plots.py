@@ -1,0 +1,306 @@
+"""PNG plots of an experiment matrix (matplotlib, Agg backend: no display needed).
+
+- `success_vs_epoch.png`: seen/unseen success during fit per method (mean over seeds); cells that do
+  not train (zero-shot, teacher) as dashed horizontal lines at their final success.
+- `gate_vs_epoch.png`: the turn gate's SKIP/WEAK/STRONG rates and the mean teacher confidence per epoch.
+- `episode_<cell>_seed<S>_epoch<N>.png`: one training episode turn by turn (teacher confidence coloured
+  by the gate's verdict, with the action and environment feedback of each turn), to see what SAGE skips.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from sage.results import (  # noqa: E402
+    SPLITS,
+    load_eval_results,
+    mean_std,
+    read_epoch_metrics,
+    read_val_history,
+    seed_dirs,
+)
+
+GATE_COLORS = {
+    "SKIP": "#9e9e9e",
+    "WEAK": "#f0a030",
+    "STRONG": "#d03030",
+    "INTERVENE": "#d03030",
+    None: "#4a78c0",
+}
+PANELS = {
+    "seen": "valid_seen (greedy)",
+    "unseen": "valid_unseen (greedy)",
+    "train": "training episodes (sampled; SFT: expert)",
+}
+GATE_PANELS = (
+    ("train/gate/skip_rate", "SKIP rate"),
+    ("train/gate/weak_rate", "WEAK rate"),
+    ("train/gate/strong_rate", "STRONG rate"),
+    ("train/confidence_mean", "mean teacher confidence"),
+)
+
+
+def mean_over_seeds(series: list[dict[int, float | None]]) -> dict[int, float]:
+    """epoch -> mean over the seeds that have a value at that epoch."""
+    epochs = sorted({e for s in series for e in s})
+    out = {}
+    for e in epochs:
+        m, _ = mean_std([s.get(e) for s in series])
+        if m is not None:
+            out[e] = m
+    return out
+
+
+def success_curves(output, cell: str) -> dict[str, dict[int, float]]:
+    """panel -> epoch -> mean success over seeds: seen/unseen from each seed's val_history.jsonl, train from
+    the epoch's rollouts in metrics.csv (cheap, so a study may skip validation during fit)."""
+    dirs = list(seed_dirs(output, cell).values())
+    hist = [read_val_history(d / "val_history.jsonl") for d in dirs]
+    curves = {
+        split: mean_over_seeds(
+            [{h["epoch"]: h["success"].get(split, {}).get("overall") for h in hs} for hs in hist]
+        )
+        for split in SPLITS
+    }
+    train = [read_epoch_metrics(d / "metrics.csv", ["train/episode_success"]) for d in dirs]
+    curves["train"] = mean_over_seeds([{e: m["train/episode_success"] for e, m in t.items()} for t in train])
+    return curves
+
+
+def final_success(output, cell: str) -> dict[str, float | None]:
+    """split -> mean over seeds of the final evaluation (`eval_results.json`); {} when none finished."""
+    res = load_eval_results(output, cell)
+    if not res:
+        return {}
+    return {s: mean_std([r["success"].get(s, {}).get("overall") for r in res.values()])[0] for s in SPLITS}
+
+
+def last_epoch(output, cell: str) -> int | None:
+    """The last trained epoch of any seed (validate does not restore the epoch counter, so read the fit's logs)."""
+    epochs = []
+    for d in seed_dirs(output, cell).values():
+        epochs += list(read_epoch_metrics(d / "metrics.csv")) + [
+            h["epoch"] for h in read_val_history(d / "val_history.jsonl")
+        ]
+    return max(epochs, default=None)
+
+
+def metric_curves(output, cell: str) -> dict[str, dict[int, float]]:
+    """metric -> epoch -> mean over seeds, from each seed's metrics.csv epoch-level rows."""
+    per_seed = [read_epoch_metrics(d / "metrics.csv") for d in seed_dirs(output, cell).values()]
+    return {
+        name: mean_over_seeds([{e: m.get(name) for e, m in s.items()} for s in per_seed])
+        for name, _ in GATE_PANELS
+    }
+
+
+def _style(ax, title: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def _epoch_axis(ax, xs: list[int]) -> None:
+    if xs:  # integer epoch ticks; a single epoch gets a little room on both sides
+        ax.set_xticks(sorted(set(xs)))
+        ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
+
+
+def plot_success(curves: dict, finals: dict, baselines: dict, path: Path) -> Path:
+    """curves: label -> split -> epoch -> success during fit; finals: label -> (last epoch, split -> success
+    of the final `sage validate`); baselines: label -> split -> success of a cell that does not train."""
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(16, 4.5), sharey=True)
+    labels = list(dict.fromkeys([*curves, *finals]))
+    xs = [e for c in curves.values() for s in c.values() for e in s] + [f[0] for f in finals.values()]
+    for i, label in enumerate(labels):
+        color = f"C{i % 10}"
+        for ax, split in zip(axes, PANELS, strict=True):
+            pts = dict(curves.get(label, {}).get(split, {}))
+            ax.plot(
+                list(pts), [100 * v for v in pts.values()], "o-", color=color, label=label if pts else None
+            )
+            epoch, final = finals.get(label, (None, {}))
+            if final.get(split) is not None:
+                if pts:  # dotted link from the last in-fit validation to the final one
+                    last = max(pts)
+                    ax.plot([last, epoch], [100 * pts[last], 100 * final[split]], ":", color=color)
+                ax.plot([epoch], [100 * final[split]], "*", ms=13, color=color, label=None if pts else label)
+    for j, (label, by_split) in enumerate(baselines.items()):
+        for ax, split in zip(axes, PANELS, strict=True):
+            if by_split.get(split) is not None:
+                ax.axhline(
+                    100 * by_split[split], ls="--", lw=1.2, color=f"C{(len(labels) + j) % 10}", label=label
+                )
+    for ax, title in zip(axes, PANELS.values(), strict=True):
+        _style(ax, title, "success % (mean over seeds)")
+        _epoch_axis(ax, xs)
+        ax.set_ylim(-2, 102)
+    legend = {}  # every label once, whichever panel drew it
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    handles, names = list(legend.values()), list(legend)
+    if finals:
+        handles.append(Line2D([], [], ls="", marker="*", ms=11, color="0.4"))
+        names.append("final validate")
+    axes[-1].legend(handles, names, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
+    fig.suptitle("ALFWorld success: validations during fit (o) and the final `sage validate` (*)")
+    return _save(fig, path)
+
+
+def plot_gate(curves: dict, path: Path) -> Path:
+    """curves: label -> metric -> epoch -> value (the GATE_PANELS metrics)."""
+    fig, axes = plt.subplots(1, len(GATE_PANELS), figsize=(16, 4))
+    xs = [e for c in curves.values() for s in c.values() for e in s]
+    for label, by_metric in curves.items():
+        for ax, (name, _) in zip(axes, GATE_PANELS, strict=True):
+            pts = by_metric.get(name, {})
+            if pts:
+                ax.plot(list(pts), list(pts.values()), "o-", label=label)
+    for ax, (_, title) in zip(axes, GATE_PANELS, strict=True):
+        _style(ax, title, "fraction of turns" if "rate" in title else "max prob / neg. entropy")
+        _epoch_axis(ax, xs)
+        ax.set_ylim(-0.03, 1.03)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
+    fig.suptitle("Turn gate and teacher confidence on the training rollouts (mean over seeds)")
+    return _save(fig, path)
+
+
+def plot_episode(episode: dict, path: Path, max_turns: int = 20) -> Path:
+    """Top: teacher confidence per turn, coloured by the gate label. Bottom: a table of the turns."""
+    turns = episode["turns"][:max_turns]
+    n = len(turns)
+    table_h = 0.28 * (n + 1)
+    fig, (ax, table_ax) = plt.subplots(
+        2, 1, figsize=(13, 3.0 + table_h), gridspec_kw={"height_ratios": [2.4, table_h]}
+    )
+    conf = [t.get("confidence_mean") for t in turns]
+    labels = [t.get("gate_label") for t in turns]
+    bars = ax.bar(
+        range(n), [c or 0.0 for c in conf], color=[GATE_COLORS.get(lbl, "#4a78c0") for lbl in labels]
+    )
+    for bar, c in zip(bars, conf, strict=True):  # the value, or n/a when the run scores no confidence
+        ax.annotate(
+            "n/a" if c is None else f"{c:.2f}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            fontsize=7,
+        )
+    handles = [
+        Patch(color=GATE_COLORS.get(lbl, "#4a78c0"), label=lbl or "no label") for lbl in dict.fromkeys(labels)
+    ]
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([str(t["step"]) for t in turns])
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("turn")
+    ax.set_ylabel("teacher confidence\n(mean over tokens)")
+    ax.legend(handles=handles, title="gate", loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    status = "won" if episode.get("won") else "not won"
+    ax.set_title(
+        textwrap.shorten(
+            f"{episode.get('task', '')} ({episode.get('task_type')}, epoch "
+            f"{episode.get('epoch')}, {status}, {episode.get('length')} steps)",
+            130,
+        )
+    )
+    table_ax.axis("off")
+    rows = [
+        [
+            str(t["step"]),
+            _short(t.get("action") or f"(invalid) {t.get('response') or ''}", 44),
+            t.get("gate_label") or "-",
+            "-" if t.get("confidence_mean") is None else f"{t['confidence_mean']:.2f}",
+            _short(t.get("feedback") or "", 80),
+        ]
+        for t in turns
+    ]
+    table = table_ax.table(
+        cellText=rows,
+        colLabels=["turn", "action", "gate", "conf.", "feedback"],
+        colWidths=[0.05, 0.3, 0.08, 0.06, 0.51],
+        bbox=[0, 0, 1, 1],
+        cellLoc="left",
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    for cell in table.get_celld().values():
+        cell.PAD = 0.02  # the default pads wide columns by 10% of their width
+    for i, lbl in enumerate(labels, start=1):
+        table[i, 2].set_facecolor(GATE_COLORS.get(lbl, "#ffffff") + "55")
+    return _save(fig, path)
+
+
+def _short(text: str, width: int) -> str:
+    return textwrap.shorten(" ".join(text.split()), width, placeholder="…") or "-"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def pick_episode(output, cells: list[str]) -> tuple[str, int, Path, dict] | None:
+    """An informative episode: from the first cell with transcripts (callers order by preference), its
+    lowest seed's last epoch, the episode with the most distinct gate labels, then the longest."""
+    for cell in cells:
+        for seed, d in seed_dirs(output, cell).items():
+            files = sorted((d / "episodes").glob("epoch_*.jsonl"))
+            if not files:
+                continue
+            eps = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+            eps = [e for e in eps if e.get("turns")]
+            if eps:
+                best = max(
+                    eps, key=lambda e: (len({t.get("gate_label") for t in e["turns"]}), len(e["turns"]))
+                )
+                return cell, seed, files[-1], best
+    return None
+
+
+def make_plots(
+    output,
+    cells: list[str],
+    labels: dict[str, str] | None = None,
+    fitted: list[str] | None = None,
+    episode_cells=("sage_opd",),
+) -> list[Path]:
+    """Every plot the available files allow; returns the PNG paths written into `output`."""
+    output, labels = Path(output), labels or {}
+    fitted = cells if fitted is None else fitted
+    written = []
+    curves = {labels.get(c, c): success_curves(output, c) for c in fitted}
+    curves = {k: v for k, v in curves.items() if any(v.values())}
+    finals, baselines = {}, {}
+    for c in cells:
+        final = final_success(output, c)
+        if c not in fitted and final:
+            baselines[labels.get(c, c)] = final
+        elif final and (epoch := last_epoch(output, c)) is not None:
+            finals[labels.get(c, c)] = (epoch, final)
+    if curves or finals or baselines:
+        written.append(plot_success(curves, finals, baselines, output / "success_vs_epoch.png"))
+    gate = {labels.get(c, c): metric_curves(output, c) for c in fitted}
+    gate = {k: v for k, v in gate.items() if any(v.values())}
+    if gate:
+        written.append(plot_gate(gate, output / "gate_vs_epoch.png"))
+    order = [c for c in episode_cells if c in fitted] + [c for c in fitted if c not in episode_cells]
+    picked = pick_episode(output, order)
+    if picked:
+        cell, seed, file, ep = picked
+        written.append(plot_episode(ep, output / f"episode_{cell}_seed{seed}_{file.stem}.png"))
+    return written

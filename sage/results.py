@@ -1,0 +1,209 @@
+"""Turn a finished experiment matrix into tables: mean ± std over seeds per cell, and per-epoch series.
+
+Pure functions over the files a run leaves behind (`eval_results.json`, `val_history.jsonl`,
+`metrics.csv`), so the tables can be rebuilt at any time (`sage experiment --aggregate-only`) and
+tested on hand-made inputs. Layout read: `<output>/runs/<cell>/seed_<S>/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+from sage.envs import TASK_TYPES
+
+SPLITS = ("seen", "unseen")
+KEYS = ("overall", *TASK_TYPES)
+BASELINE = "opd"
+NA = "n/a"
+EPOCH_METRICS = (
+    "train/loss_epoch",
+    "train/episode_success",
+    "train/gate/skip_rate",
+    "train/gate/weak_rate",
+    "train/gate/strong_rate",
+    "train/confidence_mean",
+)
+
+
+# -- reading one run ---------------------------------------------------------------------------------
+def seed_dirs(output: str | Path, cell: str) -> dict[int, Path]:
+    """seed -> run dir, for every `seed_<S>` folder of a cell (finished or not)."""
+    root = Path(output) / "runs" / cell
+    dirs = {}
+    for d in sorted(root.glob("seed_*")) if root.is_dir() else []:
+        tail = d.name.removeprefix("seed_")
+        if d.is_dir() and tail.lstrip("-").isdigit():
+            dirs[int(tail)] = d
+    return dirs
+
+
+def load_eval_results(output: str | Path, cell: str) -> dict[int, dict]:
+    """seed -> the `eval_results.json` payload, for the seeds that finished."""
+    out = {}
+    for seed, d in seed_dirs(output, cell).items():
+        if (d / "eval_results.json").is_file():
+            out[seed] = json.loads((d / "eval_results.json").read_text())
+    return out
+
+
+def read_val_history(path: str | Path) -> list[dict]:
+    """The JSON lines of `val_history.jsonl` (one per validation during fit); [] when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_epoch_metrics(path: str | Path, names=EPOCH_METRICS) -> dict[int, dict[str, float]]:
+    """epoch -> {metric: value} from a CSVLogger `metrics.csv`, whose rows are sparse: per epoch the
+    last non-empty value of each wanted column wins."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    out: dict[int, dict[str, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if not row.get("epoch"):
+                continue
+            epoch = int(float(row["epoch"]))
+            for name in names:
+                if row.get(name) not in (None, ""):
+                    out.setdefault(epoch, {})[name] = float(row[name])
+    return {e: v for e, v in sorted(out.items()) if v}
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+def mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof=1) of the non-missing values; std is 0 for one value, None for none."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def relative_change(value: float | None, base: float | None) -> float | None:
+    """(value - base) / base; None ("n/a") when either is missing or the base is 0."""
+    if value is None or base is None or base == 0:
+        return None
+    return (value - base) / base
+
+
+def aggregate(
+    runs: dict[str, dict[int, dict]], labels: dict[str, str] | None = None, baseline: str = BASELINE
+) -> list[dict]:
+    """One row per cell (in `runs` order): seeds, mean/std of success per split and key, and the
+    relative change of seen/unseen overall success vs the `baseline` cell's mean."""
+    labels = labels or {}
+    rows = []
+    for cell, by_seed in runs.items():
+        row: dict = {"cell": cell, "label": labels.get(cell) or cell, "seeds": len(by_seed)}
+        for split in SPLITS:
+            for key in KEYS:
+                vals = [p.get("success", {}).get(split, {}).get(key) for p in by_seed.values()]
+                row[f"{split}/{key}/mean"], row[f"{split}/{key}/std"] = mean_std(vals)
+        rows.append(row)
+    base = next((r for r in rows if r["cell"] == baseline and r["seeds"]), None)
+    for row in rows:
+        for split in SPLITS:
+            ref = base[f"{split}/overall/mean"] if base else None
+            row[f"rel_{split}_vs_{baseline}"] = relative_change(row[f"{split}/overall/mean"], ref)
+    return rows
+
+
+# -- writing --------------------------------------------------------------------------------------
+def _pct(mean: float | None, std: float | None, seeds: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if seeds > 1 and std is not None else "")
+
+
+def _rel(value: float | None) -> str:
+    return NA if value is None else f"{100 * value:+.1f}%"
+
+
+def to_markdown(rows: list[dict], baseline: str = BASELINE, title: str = "Results") -> str:
+    """Main table (overall success, relative change vs the baseline) then one per-task-type table per
+    split. Success in %, mean ± sample std over seeds."""
+    lines = [
+        f"# {title}",
+        "",
+        f"ALFWorld success % (greedy), mean ± std over seeds; relative change of the mean vs `{baseline}`.",
+        "",
+    ]
+    lines += [
+        f"| method | seeds | seen | unseen | seen vs {baseline} | unseen vs {baseline} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        n = r["seeds"]
+        lines.append(
+            f"| {r['label']} | {n} | {_pct(r['seen/overall/mean'], r['seen/overall/std'], n)} | "
+            f"{_pct(r['unseen/overall/mean'], r['unseen/overall/std'], n)} | "
+            f"{_rel(r[f'rel_seen_vs_{baseline}'])} | {_rel(r[f'rel_unseen_vs_{baseline}'])} |"
+        )
+    for split in SPLITS:
+        lines += [
+            "",
+            f"## {split}: success % per task type",
+            "",
+            "| method | " + " | ".join(TASK_TYPES) + " |",
+            "|---" * (len(TASK_TYPES) + 1) + "|",
+        ]
+        for r in rows:
+            cells = [_pct(r[f"{split}/{k}/mean"], r[f"{split}/{k}/std"], r["seeds"]) for k in TASK_TYPES]
+            lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_columns(baseline: str = BASELINE) -> list[str]:
+    cols = ["cell", "label", "seeds"]
+    cols += [f"{s}/{k}/{m}" for s in SPLITS for k in KEYS for m in ("mean", "std")]
+    return cols + [f"rel_seen_vs_{baseline}", f"rel_unseen_vs_{baseline}"]
+
+
+def write_csv(rows: list[dict], path: str | Path, columns: list[str]) -> None:
+    """Plain CSV; missing values as "n/a" (pandas reads it as NaN)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: (NA if r.get(c) is None else r.get(c)) for c in columns})
+
+
+def epoch_rows(output: str | Path, cells: list[str]) -> list[dict]:
+    """One row per cell x seed x epoch: validation success during fit and the epoch's train metrics."""
+    rows = []
+    for cell in cells:
+        for seed, d in seed_dirs(output, cell).items():
+            per_epoch: dict[int, dict] = {
+                e: dict(m) for e, m in read_epoch_metrics(d / "metrics.csv").items()
+            }
+            for v in read_val_history(d / "val_history.jsonl"):
+                e = per_epoch.setdefault(int(v["epoch"]), {})
+                e["global_step"] = v.get("global_step")
+                for split in SPLITS:
+                    e[f"val/{split}/success"] = v.get("success", {}).get(split, {}).get("overall")
+            rows += [{"cell": cell, "seed": seed, "epoch": e, **m} for e, m in sorted(per_epoch.items())]
+    return rows
+
+
+def write_results(
+    output: str | Path,
+    cells: list[str],
+    labels: dict[str, str] | None = None,
+    baseline: str = BASELINE,
+    title: str = "Results",
+) -> list[dict]:
+    """`results.md`, `results.csv` and `epochs.csv` in the output dir; returns the table rows."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = aggregate({c: load_eval_results(output, c) for c in cells}, labels, baseline)
+    (output / "results.md").write_text(to_markdown(rows, baseline, title))
+    write_csv(rows, output / "results.csv", csv_columns(baseline))
+    cols = ["cell", "seed", "epoch", "global_step", "val/seen/success", "val/unseen/success", *EPOCH_METRICS]
+    write_csv(epoch_rows(output, cells), output / "epochs.csv", cols)
+    return rows

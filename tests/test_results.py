@@ -1,0 +1,175 @@
+"""Aggregation against hand-made run folders: mean, sample std, relative change, tables, per-epoch CSV, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from sage.envs import TASK_TYPES
+from sage.results import (
+    aggregate,
+    load_eval_results,
+    mean_std,
+    read_epoch_metrics,
+    relative_change,
+    to_markdown,
+    write_results,
+)
+
+
+def payload(seen: float, unseen: float, pick: float | None = None) -> dict:
+    types = dict.fromkeys(TASK_TYPES)
+    types["pick_and_place_simple"] = pick
+    return {
+        "epoch": 2,
+        "global_step": 6,
+        "success": {"seen": {"overall": seen, **types}, "unseen": {"overall": unseen, **types}},
+        "games": {"seen": {"overall": 4}, "unseen": {"overall": 4}},
+    }
+
+
+def write_run(root, cell: str, seed: int, data: dict | None) -> None:
+    d = root / "runs" / cell / f"seed_{seed}"
+    d.mkdir(parents=True)
+    if data is not None:
+        (d / "eval_results.json").write_text(json.dumps(data))
+
+
+@pytest.fixture
+def out(tmp_path):
+    write_run(tmp_path, "opd", 0, payload(0.25, 0.5, pick=1.0))
+    write_run(tmp_path, "opd", 1, payload(0.75, 0.25, pick=0.0))
+    write_run(tmp_path, "sage_opd", 0, payload(0.5, 0.5, pick=None))
+    write_run(tmp_path, "sage_opd", 1, payload(1.0, 0.25, pick=0.5))
+    write_run(tmp_path, "sage_opd", 2, None)  # unfinished: ignored
+    write_run(tmp_path, "teacher", 0, payload(0.0, 0.125))
+    return tmp_path
+
+
+def test_mean_std_and_relative_change():
+    assert mean_std([0.25, 0.75]) == (0.5, pytest.approx(math.sqrt(0.125)))  # ddof=1
+    assert mean_std([0.4]) == (0.4, 0.0)
+    assert mean_std([None, 0.2, None]) == (0.2, 0.0)
+    assert mean_std([None]) == (None, None)
+    assert relative_change(0.45, 0.375) == pytest.approx(0.2)
+    assert relative_change(0.3, 0.0) is None and relative_change(0.3, None) is None
+
+
+def test_aggregate_exact(out):
+    runs = {c: load_eval_results(out, c) for c in ("teacher", "opd", "sage_opd", "missing")}
+    assert sorted(runs["sage_opd"]) == [0, 1]
+    rows = {r["cell"]: r for r in aggregate(runs, {"sage_opd": "SAGE-OPD"})}
+    opd, sage, teacher = rows["opd"], rows["sage_opd"], rows["teacher"]
+    assert (opd["seeds"], sage["seeds"], teacher["seeds"], rows["missing"]["seeds"]) == (2, 2, 1, 0)
+    assert sage["label"] == "SAGE-OPD" and opd["label"] == "opd"
+    assert opd["seen/overall/mean"] == 0.5 and opd["seen/overall/std"] == pytest.approx(math.sqrt(0.125))
+    assert opd["unseen/overall/mean"] == 0.375 and opd["unseen/overall/std"] == pytest.approx(
+        math.sqrt(0.03125)
+    )
+    assert sage["seen/overall/mean"] == 0.75 and sage["unseen/overall/mean"] == 0.375
+    assert sage["seen/pick_and_place_simple/mean"] == 0.5 and sage["seen/pick_and_place_simple/std"] == 0.0
+    assert opd["unseen/pick_and_place_simple/mean"] == 0.5
+    assert sage["seen/look_at_obj_in_light/mean"] is None  # no games of that type
+    assert teacher["unseen/overall/std"] == 0.0
+    assert sage["rel_seen_vs_opd"] == pytest.approx(0.5) and sage["rel_unseen_vs_opd"] == 0.0
+    assert teacher["rel_unseen_vs_opd"] == pytest.approx((0.125 - 0.375) / 0.375)
+    assert teacher["rel_seen_vs_opd"] == -1.0
+    assert rows["missing"]["seen/overall/mean"] is None and rows["missing"]["rel_seen_vs_opd"] is None
+
+
+def test_relative_change_na_without_or_zero_baseline(out):
+    no_opd = aggregate({"sage_opd": load_eval_results(out, "sage_opd")})
+    assert no_opd[0]["rel_unseen_vs_opd"] is None
+    zero = aggregate({"opd": {0: payload(0.0, 0.0)}, "x": {0: payload(0.5, 0.5)}})
+    assert zero[1]["rel_seen_vs_opd"] is None and "n/a" in to_markdown(zero)
+
+
+def test_write_results_tables(out):
+    rows = write_results(out, ["teacher", "opd", "sage_opd"], {"sage_opd": "SAGE-OPD", "opd": "OPD"})
+    assert [r["cell"] for r in rows] == ["teacher", "opd", "sage_opd"]
+    md = (out / "results.md").read_text()
+    assert "| SAGE-OPD | 2 | 75.0 ± 35.4 | 37.5 ± 17.7 | +50.0% | +0.0% |" in md
+    assert "| teacher | 1 | 0.0 | 12.5 | -100.0% | -66.7% |" in md  # one seed: no ± std
+    assert "| OPD | 2 | 50.0 ± 35.4 | 37.5 ± 17.7 | +0.0% | +0.0% |" in md
+    assert all(t in md for t in TASK_TYPES)
+    with open(out / "results.csv") as f:
+        table = {r["cell"]: r for r in csv.DictReader(f)}
+    assert float(table["sage_opd"]["unseen/overall/mean"]) == 0.375
+    assert float(table["teacher"]["seen/overall/std"]) == 0.0
+    assert table["teacher"]["seen/look_at_obj_in_light/mean"] == "n/a"
+    assert (out / "epochs.csv").is_file()
+
+
+def test_epoch_metrics_and_epochs_csv(out):
+    d = out / "runs" / "sage_opd" / "seed_0"
+    (d / "metrics.csv").write_text(
+        "epoch,step,train/loss_step,train/gate/skip_rate,train/confidence_mean,val/seen/success\n"
+        "0,0,0.5,,,\n"
+        "0,1,,0.25,0.75,\n"
+        "0,1,,,,0.5\n"
+        "1,3,,0.5,0.625,\n"
+    )
+    (d / "val_history.jsonl").write_text(
+        json.dumps(
+            {"epoch": 1, "global_step": 3, "success": {"seen": {"overall": 0.5}, "unseen": {"overall": 0.25}}}
+        )
+        + "\n"
+    )
+    metrics = read_epoch_metrics(d / "metrics.csv")
+    assert metrics == {
+        0: {"train/gate/skip_rate": 0.25, "train/confidence_mean": 0.75},
+        1: {"train/gate/skip_rate": 0.5, "train/confidence_mean": 0.625},
+    }
+    write_results(out, ["sage_opd"])
+    with open(out / "epochs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["seed"], r["epoch"]) for r in rows] == [("0", "0"), ("0", "1")]
+    assert rows[1]["val/unseen/success"] == "0.25" and rows[1]["train/gate/skip_rate"] == "0.5"
+    assert rows[0]["val/seen/success"] == "n/a"
+
+
+def test_make_plots_from_hand_made_files(out):
+    from sage.plots import make_plots
+
+    d = out / "runs" / "sage_opd" / "seed_0"
+    for e, (skip, conf) in enumerate([(0.5, 0.6), (0.25, 0.7)]):
+        with open(d / "val_history.jsonl", "a") as f:
+            f.write(
+                json.dumps(
+                    {"epoch": e, "success": {"seen": {"overall": 0.1 * e}, "unseen": {"overall": 0.0}}}
+                )
+                + "\n"
+            )
+        with open(d / "metrics.csv", "a") as f:
+            f.write(
+                ("epoch,step,train/gate/skip_rate,train/confidence_mean\n" if e == 0 else "")
+                + f"{e},{e},{skip},{conf}\n"
+            )
+    turn = {
+        "step": 0,
+        "action": "go to fridge 1",
+        "feedback": "You arrive at fridge 1.",
+        "gate_label": "SKIP",
+        "gate": 0.0,
+        "confidence_mean": 0.8,
+    }
+    episode = {
+        "epoch": 1,
+        "task": "put a cool apple in countertop.",
+        "task_type": "pick_cool_then_place_in_recep",
+        "won": False,
+        "length": 2,
+        "turns": [turn, {**turn, "step": 1, "gate_label": "STRONG", "confidence_mean": None, "action": ""}],
+    }
+    (d / "episodes").mkdir()
+    (d / "episodes" / "epoch_001.jsonl").write_text(json.dumps(episode) + "\n")
+    pngs = make_plots(out, ["teacher", "opd", "sage_opd"], fitted=["opd", "sage_opd"])
+    assert [p.name for p in pngs] == [
+        "success_vs_epoch.png",
+        "gate_vs_epoch.png",
+        "episode_sage_opd_seed0_epoch_001.png",
+    ]
+    assert all(p.stat().st_size > 10_000 for p in pngs)
