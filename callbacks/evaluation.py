@@ -75,11 +75,11 @@ class AlfworldEvaluation(L.Callback):
             if n:
                 name = f"val/{split}/success" if key == "overall" else f"val/{split}/{key}/success"
                 pl_module.log(name, value, batch_size=n, add_dataloader_idx=False)
-        self._write(trainer)
+        # trainer.log_dir is a collective under DDP: every rank must ask, before the rank-0 write.
+        self._write(trainer, Path(trainer.log_dir or trainer.default_root_dir))
 
     @rank_zero_only
-    def _write(self, trainer) -> None:
-        root = Path(trainer.log_dir or trainer.default_root_dir)
+    def _write(self, trainer, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         success = {s: {k: (None if math.isnan(v) else v) for k, v in r.items()} for s, r in self.results.items()}
         payload = {

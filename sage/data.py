@@ -165,7 +165,9 @@ class SageDataModule(L.LightningDataModule):
         loaders = []
         for split in self.val_splits:
             games = shard(find_games(split, self.data_root, limit=self.val_games), rank, size)
-            loaders.append(DataLoader(games, batch_size=self.val_batch, shuffle=False, collate_fn=list))
+            # A rank with no game still gets one (empty) batch: Lightning rejects empty loaders.
+            batches = [games[i : i + self.val_batch] for i in range(0, len(games), self.val_batch)] or [[]]
+            loaders.append(DataLoader(batches, batch_size=None, shuffle=False, collate_fn=_identity))
         return loaders
 
 

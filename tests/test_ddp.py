@@ -1,0 +1,106 @@
+"""Scale-out on CPU with 2 gloo processes: the step loss and gradient equal one process on all data,
+and a tiny `fit` runs under Lightning's `ddp` strategy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sage.batching import build_steps, flatten_steps, window_samples
+from sage.distill.objective import LossSpec
+from sage.distributed import align_steps, shard
+from sage.models import ModelSpec
+from sage.module import SageModule
+from tests.helpers import make_episode, make_turn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _episodes():
+    turns = [
+        make_turn(k, context_ids=[1, 30 + k, 31, 32 + k], response_ids=[40 + k, 41, 42 + 2 * k][: 2 + k % 2],
+                  gate=[1.0, 0.5, 0.0, 1.0, 0.5][k], confidence=[0.9, 0.3, 0.6][: 2 + k % 2])
+        for k in range(5)
+    ]
+    return [make_episode(turns)]
+
+
+def _step(module, samples, world_size):
+    """One optimizer step's loss and gradient, the way training_step computes them."""
+    steps = build_steps(samples, 100, 64, pad_id=2, seed=0)
+    dens, counts = align_steps([s.denominator(module.loss_spec.normalize) for s in steps],
+                               [len(s.micro_batches) for s in steps])
+    module.student.zero_grad()
+    total = torch.zeros(())
+    for item in flatten_steps(steps, dens, counts):
+        if "input_ids" in item:
+            loss, _ = module.micro_loss(item)
+        else:
+            loss = sum(p.sum() for p in module.trainable_parameters()) * 0.0
+        (loss * world_size).backward()
+        total += loss.detach()
+    grads = [p.grad.clone() for p in module.trainable_parameters()]
+    return total, grads
+
+
+def _module(normalize):
+    torch.manual_seed(0)
+    return SageModule(student=ModelSpec("tiny-random"), teacher=ModelSpec("tiny-random", seed=1),
+                      loss=LossSpec(normalize=normalize))
+
+
+def _worker(rank, world_size, port, normalize, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        module = _module(normalize)
+        samples = shard(window_samples(_episodes()), rank, world_size)
+        loss, grads = _step(module, samples, world_size)
+        dist.all_reduce(loss)
+        for g in grads:  # what DDP does to gradients: average over ranks
+            dist.all_reduce(g)
+            g /= world_size
+        if rank == 0:
+            torch.save({"loss": loss, "grads": grads}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("normalize", ["weighted", "opd"])
+def test_two_ranks_equal_one_process(tmp_path, normalize):
+    out = tmp_path / "ranks.pt"
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(_worker, args=(2, port, normalize, str(out)), nprocs=2, join=True)
+    got = torch.load(out)
+    loss, grads = _step(_module(normalize), window_samples(_episodes()), 1)
+    assert float(got["loss"]) == pytest.approx(float(loss), rel=1e-5)
+    for a, b in zip(got["grads"], grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_tiny_fit_under_ddp_on_two_cpu_processes(tmp_path):
+    args = [
+        sys.executable, "-m", "sage.cli", "fit", "--config", str(ROOT / "configs/opd.yaml"),
+        "--model.student.name_or_path", "tiny-random", "--model.teacher.name_or_path", "tiny-random",
+        "--model.teacher.seed", "1", "--data.train_games", "3", "--data.max_steps", "2",
+        "--data.val_games", "1", "--data.env_workers", "1", "--data.rollout.max_new_tokens", "8",
+        "--data.samples_per_step", "2", "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+        "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.logger.init_args.version", "v", "--trainer.default_root_dir", str(tmp_path),
+    ]
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log_dir = tmp_path / "opd" / "v"
+    assert (log_dir / "checkpoints" / "last.ckpt").exists()
+    # ranks wrote their own shard of the epoch's episodes: 3 games -> 2 + 1
+    shards = sorted((log_dir / "episodes").glob("epoch_000_rank*.jsonl"))
+    assert [len(p.read_text().splitlines()) for p in shards] == [2, 1]
+    assert "val/unseen/success" in (log_dir / "metrics.csv").read_text()
