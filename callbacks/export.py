@@ -1,0 +1,31 @@
+"""Save the trained student as a plain Hugging Face folder at the end of `fit`, so it can be loaded by
+name anywhere a model is expected (e.g. as the teacher of a later distillation run). LoRA adapters
+are merged into the base weights first, on a copy, leaving the training model untouched."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import lightning as L
+
+
+def export_student(module, dirpath: str | Path) -> Path:
+    out = Path(dirpath)
+    out.mkdir(parents=True, exist_ok=True)
+    model = module.student
+    if hasattr(model, "merge_and_unload"):  # peft: merge adapters into a copy of the base model
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    module.tokenizer.save_pretrained(out)
+    return out
+
+
+class ExportStudent(L.Callback):
+    def __init__(self, dirpath: str = "runs/student") -> None:
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(f"exported the student to {export_student(pl_module, self.dirpath)}", flush=True)
+        trainer.strategy.barrier()
