@@ -86,6 +86,15 @@ class SageModule(L.LightningModule):
         self._acc: dict[str, float] = {}
         self.epoch_stats: dict[str, float] = {}
 
+    def setup(self, stage: str) -> None:
+        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
+        if "FSDP" in strategy:
+            raise NotImplementedError(
+                f"strategy {strategy} is not supported yet: rollouts call the student outside forward, which "
+                "needs FSDP's summon_full_params, and LoRA mixes frozen and trainable weights in one unit. "
+                "Use strategy=ddp (tested), or deepspeed/fsdp after adding that (see README, Scale-out)."
+            )
+
     # -- data annotation (called by the DataModule after each rollout) -------------------------
     @property
     def needs_scoring(self) -> bool:
