@@ -107,3 +107,32 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, pool):
     a, b = student_state(full.model), student_state(resumed.model)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("transcript", ("--data.rollout.context_mode", "transcript")),
+        ("sampled_kl", ("--model.loss.divergence", "sampled_reverse_kl", "--model.gate.labels", "[SKIP, INTERVENE]")),
+        ("sft_expert", ("--config", str(ROOT / "configs/sft.yaml"), "--model.teacher", "null",
+                        "--data.max_steps", str(MAX_STEPS), "--data.train_games", "3",
+                        "--trainer.check_val_every_n_epoch", "100")),
+    ],
+)
+def test_one_epoch_variants_train(tmp_path, pool, name, extra):
+    """Other data paths through the same fit: transcript samples, the sampled (policy-gradient) KL
+    with a two-level judge, and SFT on expert walkthroughs (every turn trained, loss = cross-entropy)."""
+    c = build(tiny_args(tmp_path, epochs=1, val_every=100, extra=extra), pool)
+    c.trainer.fit(c.model, datamodule=c.datamodule)
+    rows = list(csv.DictReader((Path(c.trainer.log_dir) / "metrics.csv").read_text().splitlines()))
+    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    assert losses and all(math.isfinite(x) for x in losses)
+    eps = c.datamodule.last_episodes
+    assert len(eps) == 3
+    if name == "transcript":
+        assert all(ep.sequence_ids for ep in eps)
+    if name == "sft_expert":
+        # the expert's answers are served in the policy's format (the step limit may end an episode early)
+        assert c.model.objective == "sft" and min(losses) > 0
+        assert all(t.valid_format and t.action for ep in eps for t in ep.turns)
+        assert {t.gate for ep in eps for t in ep.turns} == {1.0}

@@ -83,7 +83,7 @@ class AlfworldEnv:
         if not os.path.isfile(path):
             raise GameLoadError(f"ALFWorld game file {path!r} does not exist")
         gc_was_enabled = gc.isenabled()
-        gc.disable()  # loading builds ~1e6 objects; cyclic GC passes over every live game cost ~30% of it
+        gc.disable()  # loading allocates heavily; GC passes over all live games cost up to ~30% of it
         try:
             if self._gym is None:
                 self._gym = _make_gym_env(path, self.max_steps, facts=self.expert)
