@@ -170,6 +170,7 @@ class HFGenerator:
             attention_mask=mask.to(dev),
             position_ids=positions.to(dev),
             use_cache=True,
+            logits_to_keep=1,  # the LM head on every prefill position would cost as much as the layers
             **{self._cache_kw: b.cache},
         )
         b.mask = mask
