@@ -38,7 +38,9 @@ class SageDataModule(L.LightningDataModule):
         train_games: games sampled (seeded by epoch) from ``train_split`` for each epoch's rollouts.
         rollout_batch: games played together in one batched rollout (None = all of this rank's games).
         val_splits / val_games: evaluation splits and games per split (None = every game once).
-        source: ``on_policy`` (the student plays) or ``expert`` (stored walkthroughs, for SFT).
+        source: ``on_policy`` (the student plays), ``expert`` (stored walkthroughs, for SFT) or
+            ``teacher`` (the teacher plays, sampled; for SFT on teacher trajectories).
+        teacher_won_only: with ``source=teacher``, keep only the games the teacher won.
         samples_per_step: training samples (turns, or episodes in transcript mode) per optimizer step.
         max_tokens_per_micro_batch: padded-token budget of one forward/backward.
     """
@@ -52,7 +54,8 @@ class SageDataModule(L.LightningDataModule):
         val_splits: list[str] | None = None,
         val_games: int | None = None,
         val_batch: int = 16,
-        source: Literal["on_policy", "expert"] = "on_policy",
+        source: Literal["on_policy", "expert", "teacher"] = "on_policy",
+        teacher_won_only: bool = True,
         rollout: RolloutConfig | None = None,
         prompt: PromptTemplate | None = None,
         max_steps: int = 50,
@@ -62,8 +65,8 @@ class SageDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if source not in ("on_policy", "expert"):
-            raise ValueError(f"source={source!r}; allowed: on_policy, expert")
+        if source not in ("on_policy", "expert", "teacher"):
+            raise ValueError(f"source={source!r}; allowed: on_policy, expert, teacher")
         self.data_root = data_root
         self.train_split = train_split
         self.train_games = train_games
@@ -75,6 +78,7 @@ class SageDataModule(L.LightningDataModule):
         self.val_games = val_games
         self.val_batch = val_batch
         self.source = source
+        self.teacher_won_only = teacher_won_only
         self.rollout_cfg = rollout or RolloutConfig()
         self.prompt = PromptBuilder(prompt, history_len=self.rollout_cfg.history_len)
         self.max_steps = max_steps
@@ -107,11 +111,11 @@ class SageDataModule(L.LightningDataModule):
             self.pool = None
 
     # -- playing ----------------------------------------------------------------------------------
-    def play(self, games: list[GameInfo], greedy: bool, seed: int | None = None) -> list[Episode]:
-        """Roll the current student out on `games` (in chunks of `rollout_batch`)."""
+    def play(self, games: list[GameInfo], greedy: bool, seed: int | None = None, policy=None) -> list[Episode]:
+        """Roll the current student (or `policy`, another model) out on `games`, `rollout_batch` at a time."""
         self.setup()
         module = self.trainer.lightning_module
-        student = module.student
+        student = module.student if policy is None else policy
         was_training = student.training
         student.eval()
         gen = HFGenerator(student, module.tokenizer, seed=self.seed if seed is None else seed)
@@ -138,6 +142,12 @@ class SageDataModule(L.LightningDataModule):
             self.setup()
             tok = self.trainer.lightning_module.tokenizer
             return expert_episodes(games, self.prompt, tok, self.rollout_cfg, self.pool, chunk=self.rollout_batch)
+        if self.source == "teacher":
+            teacher = self.trainer.lightning_module.teacher
+            if teacher is None:
+                raise ValueError("data.source=teacher needs model.teacher")
+            episodes = self.play(games, greedy=False, seed=self.seed + 1000 * epoch, policy=teacher)
+            return [ep for ep in episodes if ep.won] if self.teacher_won_only else episodes
         return self.play(games, greedy=False, seed=self.seed + 1000 * epoch)
 
     # -- loaders ----------------------------------------------------------------------------------

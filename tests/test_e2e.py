@@ -117,6 +117,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, pool):
         ("sft_expert", ("--config", str(ROOT / "configs/sft.yaml"), "--model.teacher", "null",
                         "--data.max_steps", str(MAX_STEPS), "--data.train_games", "3",
                         "--trainer.check_val_every_n_epoch", "100")),
+        ("sft_teacher", ("--model.objective", "sft", "--data.source", "teacher", "--data.teacher_won_only", "false")),
     ],
 )
 def test_one_epoch_variants_train(tmp_path, pool, name, extra):
@@ -136,3 +137,9 @@ def test_one_epoch_variants_train(tmp_path, pool, name, extra):
         assert c.model.objective == "sft" and min(losses) > 0
         assert all(t.valid_format and t.action for ep in eps for t in ep.turns)
         assert {t.gate for ep in eps for t in ep.turns} == {1.0}
+    if name == "sft_teacher":  # the teacher played: its own forward reproduces the recorded log-probs
+        t = eps[0].turns[0]
+        with torch.no_grad():
+            logp = torch.log_softmax(c.model.teacher(torch.tensor([t.context_ids + t.response_ids])).logits[0], -1)
+        ref = [float(logp[len(t.context_ids) - 1 + k, y]) for k, y in enumerate(t.response_ids)]
+        assert t.logprobs == pytest.approx(ref, abs=1e-4)
