@@ -37,7 +37,8 @@ class SageDataModule(L.LightningDataModule):
         data_root: folder holding ``json_2.1.1`` (else ``$ALFWORLD_DATA``, else the bundled subset).
         train_games: games sampled (seeded by epoch) from ``train_split`` for each epoch's rollouts.
         rollout_batch: games played together in one batched rollout (None = all of this rank's games).
-        val_splits / val_games: evaluation splits and games per split (None = every game once).
+        val_splits / val_games: evaluation splits and games per split (None = every game once; a
+            number takes games round-robin over the task types).
         source: ``on_policy`` (the student plays), ``expert`` (stored walkthroughs, for SFT) or
             ``teacher`` (the teacher plays, sampled; for SFT on teacher trajectories).
         teacher_won_only: with ``source=teacher``, keep only the games the teacher won.
@@ -174,11 +175,27 @@ class SageDataModule(L.LightningDataModule):
         rank, size = world()
         loaders = []
         for split in self.val_splits:
-            games = shard(find_games(split, self.data_root, limit=self.val_games), rank, size)
+            games = shard(balanced(find_games(split, self.data_root), self.val_games), rank, size)
             # A rank with no game still gets one (empty) batch: Lightning rejects empty loaders.
             batches = [games[i : i + self.val_batch] for i in range(0, len(games), self.val_batch)] or [[]]
             loaders.append(DataLoader(batches, batch_size=None, shuffle=False, collate_fn=_identity))
         return loaders
+
+
+def balanced(games: list[GameInfo], n: int | None) -> list[GameInfo]:
+    """The first `n` games taken round-robin over task types (deterministic), so a small evaluation
+    still covers every type; None keeps every game."""
+    if n is None or n >= len(games):
+        return list(games)
+    by_type: dict[str, list[GameInfo]] = {}
+    for g in games:
+        by_type.setdefault(g.task_type, []).append(g)
+    out: list[GameInfo] = []
+    while len(out) < n:
+        for group in by_type.values():
+            if group and len(out) < n:
+                out.append(group.pop(0))
+    return out
 
 
 def episode_stats(episodes: list[Episode]) -> dict[str, float]:
