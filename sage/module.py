@@ -104,7 +104,10 @@ class SageModule(L.LightningModule):
 
     @torch.no_grad()
     def annotate(self, episodes: list[Episode], transcript: bool) -> None:
-        """Gate every turn (judge) and, when the loss needs it, score the student's tokens with the teacher."""
+        """Gate every turn (judge) and, when the loss needs it, score the student's tokens with the teacher.
+
+        Only turns with g_t > 0 are scored: a skipped turn's weight is 0 whatever kappa is (and it adds
+        only its token count to the `opd` denominator), so scoring it would be wasted teacher time."""
         g = self.gate_spec
         judge = TurnJudge(
             mode=g.mode, labels=g.labels, weak_weight=g.weak_weight, history_len=g.history_len,
@@ -119,9 +122,9 @@ class SageModule(L.LightningModule):
             temperature=self.loss_spec.temperature, vocab_rows=self.vocab_rows,
         )
         if transcript:
-            scorer.score_episodes(episodes)
+            scorer.score_episodes([ep for ep in episodes if any(t.gate > 0 for t in ep.turns)])
         else:
-            scorer.score_turns([t for ep in episodes for t in ep.turns])
+            scorer.score_turns([t for ep in episodes for t in ep.turns if t.gate > 0])
 
     # -- training -------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

@@ -138,9 +138,15 @@ def test_annotate_uses_the_configured_gate_and_confidence():
     judge = TurnJudge(labels=("SKIP", "INTERVENE"), model=module.teacher, tokenizer=module.tokenizer)
     skip_ids = judge.label_token_ids(judge.prompt_text(eps[0], 0))[0]
     module.teacher = freeze(biased_model({i: 50.0 for i in skip_ids}, seed=1))
+    for t in eps[0].turns:
+        t.confidence = None
     module.annotate(eps, transcript=False)
     turns = eps[0].turns
     assert [t.gate_label for t in turns] == ["SKIP"] * 3 and all(t.gate == 0.0 for t in turns)
+    assert all(t.confidence is None for t in turns)  # skipped turns are not worth a teacher pass
+
+    module.gate_spec = GateSpec(mode="always")
+    module.annotate(eps, transcript=False)
     assert all(len(t.confidence) == len(t.response_ids) for t in turns)
     assert all(0 < c <= 1 and not math.isnan(c) for t in turns for c in t.confidence)
 
