@@ -191,9 +191,15 @@ class SageModule(L.LightningModule):
         acc = torch.tensor([self._acc.get("loss", 0.0), self._acc.get("tokens", 0.0)], device=self.device)
         total = self.all_gather(acc)
         total = total.sum(0) if total.dim() > 1 else total
+        # Per-step values go straight to the loggers, once per optimizer step: Lightning's own on_step
+        # logging fires per dataloader item (micro-batch) and would repeat each value.
+        step_metrics = {"train/tokens_per_step_step": float(total[1])}
         if not skipped:  # a skipped step's loss is exactly 0; logging it would only dilute the curve
-            self.log("train/loss", total[0], on_step=True, on_epoch=True, prog_bar=True, batch_size=1)
-        self.log("train/tokens_per_step", total[1], on_step=True, on_epoch=True, batch_size=1)
+            step_metrics["train/loss_step"] = float(total[0])
+            self.log("train/loss_epoch", total[0], on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+        for logger in self.loggers:
+            logger.log_metrics(step_metrics, step=self.global_step)
+        self.log("train/tokens_per_step_epoch", total[1], on_step=False, on_epoch=True, batch_size=1)
         self.log("train/skipped_step", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
         self._acc = {}
 

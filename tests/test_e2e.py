@@ -57,6 +57,8 @@ def test_fit_then_validate(tmp_path, pool, capsys):
     rows = list(csv.DictReader((log_dir / "metrics.csv").read_text().splitlines()))
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
     assert losses and all(math.isfinite(x) for x in losses)
+    steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert steps == sorted(set(steps)) and steps[-1] == c.trainer.global_step  # one row per optimizer step
     epoch_rows = [r for r in rows if r.get("train/episode_success")]
     assert len(epoch_rows) == 2
     for key in ("train/gate/skip_rate", "train/confidence_mean", "train/tokens_per_step_epoch"):
