@@ -160,8 +160,7 @@ class SageModule(L.LightningModule):
             )
         ones = torch.ones_like(gate)
         loss = weighted_loss(tok, ones, gate, conf, item["denominator"].to(tok.device), eps=spec.eps)
-        stats = {"tokens": float(pred.sum()), "token_loss_sum": float(tok.detach().sum())}
-        return loss, stats
+        return loss, {"tokens": float(pred.sum())}
 
     def training_step(self, item: dict, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
@@ -170,7 +169,7 @@ class SageModule(L.LightningModule):
             loss, stats = self.micro_loss(item)
         else:  # an empty slot that keeps DDP ranks in step: zero loss, zero gradients
             loss = sum(p.sum() for p in self.trainable_parameters()) * 0.0
-            stats = {"tokens": 0.0, "token_loss_sum": 0.0}
+            stats = {"tokens": 0.0}
         self.manual_backward(loss * world)
         for k, v in {"loss": float(loss.detach()), **stats}.items():
             self._acc[k] = self._acc.get(k, 0.0) + v
