@@ -192,9 +192,9 @@ class SageModule(L.LightningModule):
         total = total.sum(0) if total.dim() > 1 else total
         # Per-step values go straight to the loggers, once per optimizer step: Lightning's own on_step
         # logging fires per dataloader item (micro-batch) and would repeat each value.
-        step_metrics = {"train/tokens_per_step_step": float(total[1])}
+        step_metrics = {"train/tokens_per_step": float(total[1])}
         if not skipped:  # a skipped step's loss is exactly 0; logging it would only dilute the curve
-            step_metrics["train/loss_step"] = float(total[0])
+            step_metrics["train/loss"] = float(total[0])
             self.log("train/loss_epoch", total[0], on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
         for logger in self.loggers:
             logger.log_metrics(step_metrics, step=self.global_step)

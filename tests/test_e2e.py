@@ -55,9 +55,9 @@ def test_fit_then_validate(tmp_path, pool, capsys):
     log_dir = Path(c.trainer.log_dir)
 
     rows = list(csv.DictReader((log_dir / "metrics.csv").read_text().splitlines()))
-    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses and all(math.isfinite(x) for x in losses)
-    steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
     assert steps == sorted(set(steps)) and steps[-1] == c.trainer.global_step  # one row per optimizer step
     epoch_rows = [r for r in rows if r.get("train/episode_success")]
     assert len(epoch_rows) == 2
@@ -128,7 +128,7 @@ def test_one_epoch_variants_train(tmp_path, pool, name, extra):
     c = build(tiny_args(tmp_path, epochs=1, val_every=100, extra=extra), pool)
     c.trainer.fit(c.model, datamodule=c.datamodule)
     rows = list(csv.DictReader((Path(c.trainer.log_dir) / "metrics.csv").read_text().splitlines()))
-    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses and all(math.isfinite(x) for x in losses)
     eps = c.datamodule.last_episodes
     assert len(eps) == 3
