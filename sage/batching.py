@@ -1,10 +1,10 @@
 """From episodes to optimizer steps: samples, token-budget micro-batches, padded tensors.
 
-One dataloader item is one *optimizer step*: a list of micro-batches plus the number of response
-tokens that were left out because their turn's gate is 0. Keeping the whole step together lets the
-module sum the normalization denominator over every micro-batch before any backward, so gradient
-accumulation never changes the loss (METHOD.md, Normalization). Skipped turns are not forwarded at
-all (their loss weight is 0) but their tokens still count in the `opd` denominator.
+Samples are grouped into optimizer steps and each step is packed into micro-batches; one dataloader
+item is one micro-batch carrying its step's *global* normalization denominator (summed over every
+micro-batch and rank before any backward) and a `step_end` flag, so gradient accumulation never
+changes the loss (METHOD.md, Normalization). Turns whose gate is 0 are not forwarded at all (their
+loss weight is 0) but their tokens still count in the `opd` denominator.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ class Sample:
 class StepData:
     micro_batches: list[dict[str, torch.Tensor]]
     skipped_tokens: int  # response tokens of gate-0 turns, not forwarded, still counted by `opd`
-    n_samples: int
 
     def denominator(self, normalize: str) -> float:
         """This rank's share of the step's normalization denominator (METHOD.md, Normalization)."""
@@ -112,8 +111,8 @@ def micro_batches(samples: Sequence[Sample], max_tokens: int) -> list[list[Sampl
     order = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)
     batches: list[list[Sample]] = []
     cur: list[Sample] = []
-    for s in order:
-        width = max([len(s.input_ids)] + [len(x.input_ids) for x in cur])
+    for s in order:  # longest first, so a batch's width is its first sample's length
+        width = len(cur[0].input_ids) if cur else len(s.input_ids)
         if cur and width * (len(cur) + 1) > max_tokens:
             batches.append(cur)
             cur = []
@@ -165,7 +164,7 @@ def build_steps(
         group = order[start : start + samples_per_step]
         kept, skipped = drop_skipped(group) if skip_gated else (group, 0)
         mbs = [collate(mb, pad_id) for mb in micro_batches(kept, max_tokens_per_micro_batch)] if kept else []
-        steps.append(StepData(mbs, skipped, len(group)))
+        steps.append(StepData(mbs, skipped))
     return steps
 
 

@@ -87,7 +87,7 @@ class SageModule(L.LightningModule):
         self.epoch_stats: dict[str, float] = {}
 
     def setup(self, stage: str) -> None:
-        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
+        strategy = type(self.trainer.strategy).__name__
         if "FSDP" in strategy:
             raise NotImplementedError(
                 f"strategy {strategy} is not supported yet: rollouts call the student outside forward, which "

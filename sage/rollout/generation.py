@@ -109,9 +109,6 @@ class HFGenerator:
         params = inspect.signature(type(base).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
-    def reseed(self, seed: int) -> None:
-        self._rng.manual_seed(seed)
-
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

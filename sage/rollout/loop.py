@@ -35,7 +35,6 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     max_context_tokens: int = 4096
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.context_mode not in CONTEXT_MODES:
