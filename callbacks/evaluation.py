@@ -4,6 +4,10 @@ Logged as `val/<split>/success` and `val/<split>/<task_type>/success` (split = s
 metrics sync across ranks, so sharded evaluation still counts every game once. Each validation
 during `sage fit` appends to `<log_dir>/val_history.jsonl`; `sage validate` prints a table and
 writes `<log_dir>/eval_results.json`.
+
+Beside success (0/1 per game, all-zero for weak agents), two turn-level rates say how far an agent is
+from playing at all: `val/<split>/admissible_rate` (the action was one of the environment's admissible
+commands at that observation) and `val/<split>/format_rate` (an `<action>` could be parsed).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric, SumMetric
 
 from sage.envs import TASK_TYPES
+
+TURN_RATES = ("admissible_rate", "format_rate")
 
 
 def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[str, int]]) -> str:
@@ -44,6 +50,7 @@ class AlfworldEvaluation(L.Callback):
         self.results: dict[str, dict[str, float]] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self._metrics: dict[tuple[str, str], tuple[MeanMetric, SumMetric]] = {}
+        self.turn_rates: dict[str, dict[str, float]] = {}
 
     def _metric(self, split: str, key: str, device):
         if (split, key) not in self._metrics:
@@ -54,7 +61,7 @@ class AlfworldEvaluation(L.Callback):
         dm = trainer.datamodule
         self._metrics = {}
         for i in range(len(dm.val_splits)):  # every rank creates every metric, so syncs line up
-            for key in [*TASK_TYPES, "overall"]:
+            for key in [*TASK_TYPES, "overall", *TURN_RATES]:
                 self._metric(dm.split_key(i), key, pl_module.device)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -64,12 +71,22 @@ class AlfworldEvaluation(L.Callback):
                 mean, count = self._metric(split, key, pl_module.device)
                 mean.update(float(ep.success))
                 count.update(1.0)
+            for t in ep.turns:
+                for key, ok in (("admissible_rate", t.action in t.admissible), ("format_rate", t.valid_format)):
+                    mean, count = self._metric(split, key, pl_module.device)
+                    mean.update(float(ok))
+                    count.update(1.0)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self.results, self.counts = {}, {}
+        self.results, self.counts, self.turn_rates = {}, {}, {}
         for (split, key), (mean, count) in sorted(self._metrics.items()):
             n = int(count.compute().item())
             value = float(mean.compute().item()) if n else float("nan")
+            if key in TURN_RATES:
+                self.turn_rates.setdefault(split, {"turns": n})[key] = None if math.isnan(value) else value
+                if n:
+                    pl_module.log(f"val/{split}/{key}", value, batch_size=n, add_dataloader_idx=False)
+                continue
             self.results.setdefault(split, {})[key] = value
             self.counts.setdefault(split, {})[key] = n
             if n:
@@ -87,6 +104,7 @@ class AlfworldEvaluation(L.Callback):
             "global_step": trainer.global_step,
             "success": success,  # fraction of games won; null where the split has no game of that type
             "games": self.counts,
+            "turn_rates": self.turn_rates,  # per split: admissible_rate, format_rate, turns counted
         }
         if trainer.state.fn == "fit":
             with open(root / self.history_file, "a") as f:
@@ -97,3 +115,6 @@ class AlfworldEvaluation(L.Callback):
             os.replace(tmp, root / self.results_file)
         if self.print_table and trainer.state.fn == "validate":
             print("\nALFWorld success (greedy)\n" + format_table(self.results, self.counts), flush=True)
+            for split, r in self.turn_rates.items():
+                rates = ", ".join(f"{k} {100 * r[k]:.1f}%" for k in TURN_RATES if r.get(k) is not None)
+                print(f"{split}: {rates} over {r['turns']} turns", flush=True)

@@ -155,11 +155,14 @@ class SageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module
         epoch = self.trainer.current_epoch
-        t0 = time.perf_counter()
-        episodes = [ep for ep in self.collect(epoch) if ep.error is None]
-        t1 = time.perf_counter()
-        module.annotate(episodes, transcript=self.transcript)
-        t2 = time.perf_counter()
+        # Rollout, judge and teacher scoring run under the trainer's precision (bf16-mixed: autocast),
+        # as the training and validation steps already do; outside the steps Lightning applies none.
+        with self.trainer.precision_plugin.forward_context():
+            t0 = time.perf_counter()
+            episodes = [ep for ep in self.collect(epoch) if ep.error is None]
+            t1 = time.perf_counter()
+            module.annotate(episodes, transcript=self.transcript)
+            t2 = time.perf_counter()
         samples = transcript_samples(episodes) if self.transcript else window_samples(episodes)
         steps = build_steps(samples, self.samples_per_step, self.max_tokens, module.tokenizer.pad_token_id,
                             seed=self.seed + epoch)

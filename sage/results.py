@@ -17,6 +17,7 @@ from sage.envs import TASK_TYPES
 
 SPLITS = ("seen", "unseen")
 KEYS = ("overall", *TASK_TYPES)
+TURN_RATES = ("admissible_rate", "format_rate")  # turn-level, from eval_results.json "turn_rates"
 BASELINE = "opd"
 NA = "n/a"
 EPOCH_METRICS = (
@@ -105,6 +106,9 @@ def aggregate(
             for key in KEYS:
                 vals = [p.get("success", {}).get(split, {}).get(key) for p in by_seed.values()]
                 row[f"{split}/{key}/mean"], row[f"{split}/{key}/std"] = mean_std(vals)
+            for key in TURN_RATES:
+                vals = [p.get("turn_rates", {}).get(split, {}).get(key) for p in by_seed.values()]
+                row[f"{split}/{key}/mean"], row[f"{split}/{key}/std"] = mean_std(vals)
         rows.append(row)
     base = next((r for r in rows if r["cell"] == baseline and r["seeds"]), None)
     for row in rows:
@@ -132,18 +136,23 @@ def to_markdown(rows: list[dict], baseline: str = BASELINE, title: str = "Result
         f"# {title}",
         "",
         f"ALFWorld success % (greedy), mean ± std over seeds; relative change of the mean vs `{baseline}`.",
+        "Admissible: % of evaluation turns whose action was an admissible command (a finer signal when",
+        "success is near 0).",
         "",
     ]
     lines += [
-        f"| method | seeds | seen | unseen | seen vs {baseline} | unseen vs {baseline} |",
-        "|---|---|---|---|---|---|",
+        f"| method | seeds | seen | unseen | seen vs {baseline} | unseen vs {baseline} "
+        "| admissible seen | admissible unseen |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         n = r["seeds"]
         lines.append(
             f"| {r['label']} | {n} | {_pct(r['seen/overall/mean'], r['seen/overall/std'], n)} | "
             f"{_pct(r['unseen/overall/mean'], r['unseen/overall/std'], n)} | "
-            f"{_rel(r[f'rel_seen_vs_{baseline}'])} | {_rel(r[f'rel_unseen_vs_{baseline}'])} |"
+            f"{_rel(r[f'rel_seen_vs_{baseline}'])} | {_rel(r[f'rel_unseen_vs_{baseline}'])} | "
+            f"{_pct(r['seen/admissible_rate/mean'], r['seen/admissible_rate/std'], n)} | "
+            f"{_pct(r['unseen/admissible_rate/mean'], r['unseen/admissible_rate/std'], n)} |"
         )
     for split in SPLITS:
         lines += [
@@ -161,7 +170,7 @@ def to_markdown(rows: list[dict], baseline: str = BASELINE, title: str = "Result
 
 def csv_columns(baseline: str = BASELINE) -> list[str]:
     cols = ["cell", "label", "seeds"]
-    cols += [f"{s}/{k}/{m}" for s in SPLITS for k in KEYS for m in ("mean", "std")]
+    cols += [f"{s}/{k}/{m}" for s in SPLITS for k in (*KEYS, *TURN_RATES) for m in ("mean", "std")]
     return cols + [f"rel_seen_vs_{baseline}", f"rel_unseen_vs_{baseline}"]
 
 
@@ -187,6 +196,7 @@ def epoch_rows(output: str | Path, cells: list[str]) -> list[dict]:
                 e["global_step"] = v.get("global_step")
                 for split in SPLITS:
                     e[f"val/{split}/success"] = v.get("success", {}).get(split, {}).get("overall")
+                    e[f"val/{split}/admissible_rate"] = v.get("turn_rates", {}).get(split, {}).get("admissible_rate")
             rows += [{"cell": cell, "seed": seed, "epoch": e, **m} for e, m in sorted(per_epoch.items())]
     return rows
 
@@ -204,6 +214,7 @@ def write_results(
     rows = aggregate({c: load_eval_results(output, c) for c in cells}, labels, baseline)
     (output / "results.md").write_text(to_markdown(rows, baseline, title))
     write_csv(rows, output / "results.csv", csv_columns(baseline))
-    cols = ["cell", "seed", "epoch", "global_step", "val/seen/success", "val/unseen/success", *EPOCH_METRICS]
+    cols = ["cell", "seed", "epoch", "global_step", "val/seen/success", "val/unseen/success",
+            "val/seen/admissible_rate", "val/unseen/admissible_rate", *EPOCH_METRICS]
     write_csv(epoch_rows(output, cells), output / "epochs.csv", cols)
     return rows

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sage.cli import cli
+from sage.data import SPLIT_KEYS
 from sage.envs import EnvPool
 from sage.models import ModelSpec, load_model
 
@@ -26,10 +27,11 @@ def tiny_args(tmp: Path, epochs: int = 2, val_every: int = 1, extra: tuple[str, 
         "--data.train_games", "3", "--data.max_steps", str(MAX_STEPS), "--data.val_games", "1",
         "--data.rollout.max_new_tokens", "10", "--data.samples_per_step", "4",
         "--data.max_tokens_per_micro_batch", "1500",
-        "--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", str(val_every),
-        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp),
-        "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.logger.init_args.version", "v",
+        "--trainer.check_val_every_n_epoch", str(val_every), "--trainer.enable_progress_bar", "false",
         *extra,
+        # last, so that a --config in `extra` cannot move the outputs out of tmp or change the length
+        "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(tmp),
+        "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.logger.init_args.version", "v",
     ]
 
 
@@ -84,6 +86,8 @@ def test_fit_then_validate(tmp_path, pool, capsys):
     assert state and all(k.startswith("student.") for k in state)
 
     v = build(tiny_args(tmp_path / "val", extra=("--data.val_games", "2")), pool)
+    played, play = [], v.datamodule.play
+    v.datamodule.play = lambda *a, **k: played.extend(eps := play(*a, **k)) or eps
     v.trainer.validate(v.model, datamodule=v.datamodule, ckpt_path=str(ckpt))
     for k, val in state.items():
         torch.testing.assert_close(v.model.state_dict()[k], val)
@@ -92,6 +96,13 @@ def test_fit_then_validate(tmp_path, pool, capsys):
     res = json.loads((Path(v.trainer.log_dir) / "eval_results.json").read_text())
     assert res["games"]["seen"]["overall"] == 2 and res["games"]["unseen"]["overall"] == 2
     assert 0.0 <= res["success"]["unseen"]["overall"] <= 1.0
+    for split in ("seen", "unseen"):  # turn-level rates recomputed from the episodes that were played
+        turns = [t for ep in played if SPLIT_KEYS[ep.split] == split for t in ep.turns]
+        assert turns and all(t.admissible for t in turns)
+        rates = res["turn_rates"][split]
+        assert rates["turns"] == len(turns)
+        assert rates["admissible_rate"] == pytest.approx(sum(t.action in t.admissible for t in turns) / len(turns))
+        assert rates["format_rate"] == pytest.approx(sum(t.valid_format for t in turns) / len(turns))
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, pool):
@@ -120,13 +131,17 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, pool):
                         "--data.max_steps", str(MAX_STEPS), "--data.train_games", "3",
                         "--trainer.check_val_every_n_epoch", "100")),
         ("sft_teacher", ("--model.objective", "sft", "--data.source", "teacher", "--data.teacher_won_only", "false")),
+        ("bf16_mixed", ("--trainer.precision", "bf16-mixed")),
     ],
 )
 def test_one_epoch_variants_train(tmp_path, pool, name, extra):
     """Other data paths through the same fit: transcript samples, the sampled (policy-gradient) KL
     with a two-level judge, and SFT on expert walkthroughs (every turn trained, loss = cross-entropy)."""
     c = build(tiny_args(tmp_path, epochs=1, val_every=100, extra=extra), pool)
+    autocast, collect = [], c.datamodule.collect
+    c.datamodule.collect = lambda *a: autocast.append(torch.is_autocast_enabled("cpu")) or collect(*a)
     c.trainer.fit(c.model, datamodule=c.datamodule)
+    assert autocast == [name == "bf16_mixed"]  # rollouts run under the trainer's precision
     rows = list(csv.DictReader((Path(c.trainer.log_dir) / "metrics.csv").read_text().splitlines()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses and all(math.isfinite(x) for x in losses)

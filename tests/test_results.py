@@ -20,15 +20,19 @@ from sage.results import (
 )
 
 
-def payload(seen: float, unseen: float, pick: float | None = None) -> dict:
+def payload(seen: float, unseen: float, pick: float | None = None, admissible: float | None = None) -> dict:
     types = dict.fromkeys(TASK_TYPES)
     types["pick_and_place_simple"] = pick
-    return {
+    out = {
         "epoch": 2,
         "global_step": 6,
         "success": {"seen": {"overall": seen, **types}, "unseen": {"overall": unseen, **types}},
         "games": {"seen": {"overall": 4}, "unseen": {"overall": 4}},
     }
+    if admissible is not None:  # older results files have no turn rates: the columns are then "-"
+        rates = {"admissible_rate": admissible, "format_rate": 1.0, "turns": 20}
+        out["turn_rates"] = {"seen": rates, "unseen": {**rates, "admissible_rate": admissible / 2}}
+    return out
 
 
 def write_run(root, cell: str, seed: int, data: dict | None) -> None:
@@ -40,8 +44,8 @@ def write_run(root, cell: str, seed: int, data: dict | None) -> None:
 
 @pytest.fixture
 def out(tmp_path):
-    write_run(tmp_path, "opd", 0, payload(0.25, 0.5, pick=1.0))
-    write_run(tmp_path, "opd", 1, payload(0.75, 0.25, pick=0.0))
+    write_run(tmp_path, "opd", 0, payload(0.25, 0.5, pick=1.0, admissible=0.5))
+    write_run(tmp_path, "opd", 1, payload(0.75, 0.25, pick=0.0, admissible=0.25))
     write_run(tmp_path, "sage_opd", 0, payload(0.5, 0.5, pick=None))
     write_run(tmp_path, "sage_opd", 1, payload(1.0, 0.25, pick=0.5))
     write_run(tmp_path, "sage_opd", 2, None)  # unfinished: ignored
@@ -78,6 +82,9 @@ def test_aggregate_exact(out):
     assert teacher["rel_unseen_vs_opd"] == pytest.approx((0.125 - 0.375) / 0.375)
     assert teacher["rel_seen_vs_opd"] == -1.0
     assert rows["missing"]["seen/overall/mean"] is None and rows["missing"]["rel_seen_vs_opd"] is None
+    assert opd["seen/admissible_rate/mean"] == 0.375 and opd["unseen/admissible_rate/mean"] == 0.1875
+    assert opd["seen/admissible_rate/std"] == pytest.approx(math.sqrt(0.03125))
+    assert opd["seen/format_rate/mean"] == 1.0 and sage["seen/admissible_rate/mean"] is None
 
 
 def test_relative_change_na_without_or_zero_baseline(out):
@@ -91,15 +98,16 @@ def test_write_results_tables(out):
     rows = write_results(out, ["teacher", "opd", "sage_opd"], {"sage_opd": "SAGE-OPD", "opd": "OPD"})
     assert [r["cell"] for r in rows] == ["teacher", "opd", "sage_opd"]
     md = (out / "results.md").read_text()
-    assert "| SAGE-OPD | 2 | 75.0 ± 35.4 | 37.5 ± 17.7 | +50.0% | +0.0% |" in md
-    assert "| teacher | 1 | 0.0 | 12.5 | -100.0% | -66.7% |" in md  # one seed: no ± std
-    assert "| OPD | 2 | 50.0 ± 35.4 | 37.5 ± 17.7 | +0.0% | +0.0% |" in md
+    assert "| SAGE-OPD | 2 | 75.0 ± 35.4 | 37.5 ± 17.7 | +50.0% | +0.0% | - | - |" in md
+    assert "| teacher | 1 | 0.0 | 12.5 | -100.0% | -66.7% | - | - |" in md  # one seed: no ± std
+    assert "| OPD | 2 | 50.0 ± 35.4 | 37.5 ± 17.7 | +0.0% | +0.0% | 37.5 ± 17.7 | 18.8 ± 8.8 |" in md
     assert all(t in md for t in TASK_TYPES)
     with open(out / "results.csv") as f:
         table = {r["cell"]: r for r in csv.DictReader(f)}
     assert float(table["sage_opd"]["unseen/overall/mean"]) == 0.375
     assert float(table["teacher"]["seen/overall/std"]) == 0.0
     assert table["teacher"]["seen/look_at_obj_in_light/mean"] == "n/a"
+    assert float(table["opd"]["unseen/admissible_rate/mean"]) == 0.1875
     assert (out / "epochs.csv").is_file()
 
 
