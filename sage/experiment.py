@@ -220,7 +220,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sage experiment", description=__doc__.split("\n\n")[0])
     p.add_argument("--matrix", required=True, help="matrix YAML, e.g. configs/experiments/cpu_small.yaml")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells (tables still cover all)")
+    p.add_argument(
+        "--only", nargs="+", metavar="CELL", help="run only these cells, in this order (tables still cover all)"
+    )
     p.add_argument("--seeds", nargs="+", type=int, help="override the matrix's seeds")
     p.add_argument("--output", help="override the matrix's output dir")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild tables and plots")
@@ -241,7 +243,8 @@ def run(argv: list[str] | None = None) -> int:
     unknown = sorted(set(a.only or []) - set(names))
     if unknown:
         raise SystemExit(f"unknown cell(s) {unknown}; the matrix has {names}")
-    todo = [c for c in matrix.cells if not a.only or c.name in a.only]
+    by_name = {c.name: c for c in matrix.cells}
+    todo = [by_name[n] for n in dict.fromkeys(a.only)] if a.only else matrix.cells  # in the order given
     if a.dry_run:
         for cell in todo:
             for seed in cell_seeds(matrix, cell):

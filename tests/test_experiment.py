@@ -108,6 +108,9 @@ def test_dry_run_and_unknown_cell(fake, capsys):
     assert run(["--matrix", str(fake), "--dry-run", "--only", "zero_shot"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(" validate " in line for line in lines)  # fit: false -> no fit
+    assert run(["--matrix", str(fake), "--dry-run", "--only", "sage_no_gate", "zero_shot"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()  # run in the order given, not the matrix's
+    assert ["sage_no_gate" in lines[0], "zero_shot" in lines[-1], len(lines)] == [True, True, 4]
     with pytest.raises(SystemExit, match="unknown cell"):
         run(["--matrix", str(fake), "--only", "nope"])
 
