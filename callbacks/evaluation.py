@@ -22,8 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric, SumMetric
 
 from sage.envs import TASK_TYPES
-
-TURN_RATES = ("admissible_rate", "format_rate")
+from sage.results import TURN_RATES
 
 
 def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[str, int]]) -> str:

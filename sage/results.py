@@ -17,7 +17,7 @@ from sage.envs import TASK_TYPES
 
 SPLITS = ("seen", "unseen")
 KEYS = ("overall", *TASK_TYPES)
-TURN_RATES = ("admissible_rate", "format_rate")  # turn-level, from eval_results.json "turn_rates"
+TURN_RATES = ("admissible_rate", "format_rate")  # turn-level; eval_results.json "turn_rates" (callbacks.evaluation)
 BASELINE = "opd"
 NA = "n/a"
 EPOCH_METRICS = (
@@ -103,12 +103,10 @@ def aggregate(
     for cell, by_seed in runs.items():
         row: dict = {"cell": cell, "label": labels.get(cell) or cell, "seeds": len(by_seed)}
         for split in SPLITS:
-            for key in KEYS:
-                vals = [p.get("success", {}).get(split, {}).get(key) for p in by_seed.values()]
-                row[f"{split}/{key}/mean"], row[f"{split}/{key}/std"] = mean_std(vals)
-            for key in TURN_RATES:
-                vals = [p.get("turn_rates", {}).get(split, {}).get(key) for p in by_seed.values()]
-                row[f"{split}/{key}/mean"], row[f"{split}/{key}/std"] = mean_std(vals)
+            for section, keys in (("success", KEYS), ("turn_rates", TURN_RATES)):
+                for key in keys:
+                    vals = [p.get(section, {}).get(split, {}).get(key) for p in by_seed.values()]
+                    row[f"{split}/{key}/mean"], row[f"{split}/{key}/std"] = mean_std(vals)
         rows.append(row)
     base = next((r for r in rows if r["cell"] == baseline and r["seeds"]), None)
     for row in rows:
