@@ -2,6 +2,8 @@
 
 - `success_vs_epoch.png`: seen/unseen success during fit per method (mean over seeds); cells that do
   not train (zero-shot, teacher) as dashed horizontal lines at their final success.
+- `final_metrics.png`: each cell's final evaluation, success and admissible-action rate on seen/unseen,
+  bars at the mean over seeds with each seed as a dot (the spread is visible, not only its std).
 - `gate_vs_epoch.png`: the turn gate's SKIP/WEAK/STRONG rates and the mean teacher confidence per epoch.
 - `episode_<cell>_seed<S>_epoch<N>.png`: one training episode turn by turn (teacher confidence coloured
   by the gate's verdict, with the action and environment feedback of each turn), to see what SAGE skips.
@@ -82,6 +84,49 @@ def final_success(output, cell: str) -> dict[str, float | None]:
     if not res:
         return {}
     return {s: mean_std([r["success"].get(s, {}).get("overall") for r in res.values()])[0] for s in SPLITS}
+
+
+FINAL_PANELS = (("success", "success %"), ("admissible_rate", "admissible actions % of turns"))
+
+
+def final_values(output, cell: str) -> dict[str, dict[str, list[float]]]:
+    """metric -> split -> the value of each finished seed (`eval_results.json`): overall success and the
+    turn-level admissible rate (absent in results written before turn rates existed)."""
+    res = load_eval_results(output, cell).values()
+    out = {m: {s: [] for s in SPLITS} for m, _ in FINAL_PANELS}
+    for r in res:
+        for s in SPLITS:
+            v = r.get("success", {}).get(s, {}).get("overall")
+            rate = r.get("turn_rates", {}).get(s, {}).get("admissible_rate")
+            out["success"][s] += [] if v is None else [v]
+            out["admissible_rate"][s] += [] if rate is None else [rate]
+    return out
+
+
+def plot_final(values: dict, path: Path) -> Path:
+    """values: label -> metric -> split -> per-seed values. One horizontal bar per (cell, split)."""
+    labels = list(values)
+    fig, axes = plt.subplots(1, len(FINAL_PANELS), figsize=(14, 0.55 * len(labels) + 1.6), sharey=True)
+    height, colors = 0.38, dict(zip(SPLITS, ("#4a78c0", "#f0a030"), strict=True))
+    for ax, (metric, title) in zip(axes, FINAL_PANELS, strict=True):
+        for k, (split, color) in enumerate(colors.items()):
+            for i, label in enumerate(labels):
+                vals = [100 * v for v in values[label][metric][split]]
+                y = i + (k - 0.5) * height
+                if vals:
+                    ax.barh(y, sum(vals) / len(vals), height, color=color, alpha=0.55)
+                    ax.plot(vals, [y] * len(vals), "o", ms=4, color="black")
+                else:
+                    ax.text(0.5, y, "not run", va="center", fontsize=8, color="0.5")
+        ax.set_title(title)
+        ax.set_xlim(0, 100)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(labels)), labels)
+    axes[0].set_ylim(len(labels) - 0.5, -0.5)  # first cell on top, no row clipped
+    handles = [Patch(color=c, alpha=0.55, label=PANELS[s]) for s, c in colors.items()]
+    axes[-1].legend(handles=handles, loc="lower right", fontsize=9)
+    fig.suptitle("Final evaluation (greedy): bar = mean over seeds, dots = seeds")
+    return _save(fig, path)
 
 
 def last_epoch(output, cell: str) -> int | None:
@@ -294,6 +339,9 @@ def make_plots(
             finals[labels.get(c, c)] = (epoch, final)
     if curves or finals or baselines:
         written.append(plot_success(curves, finals, baselines, output / "success_vs_epoch.png"))
+    values = {labels.get(c, c): final_values(output, c) for c in cells}
+    if any(v for by_metric in values.values() for by_split in by_metric.values() for v in by_split.values()):
+        written.append(plot_final(values, output / "final_metrics.png"))
     gate = {labels.get(c, c): metric_curves(output, c) for c in fitted}
     gate = {k: v for k, v in gate.items() if any(v.values())}
     if gate:

@@ -165,7 +165,7 @@ def test_tiny_matrix_end_to_end(tmp_path, capsys, monkeypatch):
     assert "| zero-shot student | 1 |" in md and "| OPD | 1 |" in md
     assert (out / "results.csv").is_file() and (out / "epochs.csv").is_file()
     pngs = {p.name for p in out.glob("*.png")}
-    assert {"success_vs_epoch.png", "gate_vs_epoch.png", "episode_opd_seed0_epoch_000.png"} <= pngs
+    assert {"success_vs_epoch.png", "final_metrics.png", "gate_vs_epoch.png", "episode_opd_seed0_epoch_000.png"} <= pngs
     capsys.readouterr()
 
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/seed_0/eval_results.json")}
@@ -194,11 +194,15 @@ def test_matrix_cells_parse(name, monkeypatch, capsys):
         cfg = yaml.safe_load(capsys.readouterr().out)
         assert cfg["seed_everything"] == 0 and cfg["data"]["seed"] == 0
         assert cfg["trainer"]["logger"]["init_args"]["version"] == ("seed_0" if cell.fit else "validate")
+        if cell.name.startswith("teacher"):  # the whole 30-layer model, before or after its SFT
+            assert cfg["model"]["student"]["num_layers"] is None
         if cell.name.startswith("sage_no_"):
             assert cfg["ablation"][cell.name.removeprefix("sage_no_").replace("norm", "normalize")] is False
     if name == "cpu_small":
         assert [c.name for c in m.cells] == [
             "zero_shot_student",
+            "student_init",
+            "teacher_zero_shot",
             "teacher",
             "sft",
             "opd",
@@ -208,7 +212,7 @@ def test_matrix_cells_parse(name, monkeypatch, capsys):
             "sage_no_confidence",
             "sage_no_norm",
         ]
-        assert m.seeds == [0, 1]
+        assert m.seeds == [0, 1, 2]
 
 
 def test_newest_checkpoint(tmp_path):

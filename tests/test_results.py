@@ -177,7 +177,21 @@ def test_make_plots_from_hand_made_files(out):
     pngs = make_plots(out, ["teacher", "opd", "sage_opd"], fitted=["opd", "sage_opd"])
     assert [p.name for p in pngs] == [
         "success_vs_epoch.png",
+        "final_metrics.png",
         "gate_vs_epoch.png",
         "episode_sage_opd_seed0_epoch_001.png",
     ]
     assert all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_final_values_per_seed(out):
+    """The final-metrics plot gets every finished seed's value (not a mean), and nothing for missing rates."""
+    from sage.plots import final_values
+
+    opd = final_values(out, "opd")
+    assert opd["success"] == {"seen": [0.25, 0.75], "unseen": [0.5, 0.25]}
+    assert opd["admissible_rate"] == {"seen": [0.5, 0.25], "unseen": [0.25, 0.125]}
+    sage = final_values(out, "sage_opd")  # seed 2 unfinished; no turn rates in these files
+    assert sage["success"] == {"seen": [0.5, 1.0], "unseen": [0.5, 0.25]}
+    assert sage["admissible_rate"] == {"seen": [], "unseen": []}
+    assert final_values(out, "gkd_jsd")["success"] == {"seen": [], "unseen": []}
