@@ -203,6 +203,14 @@ def plot_success(curves: dict, finals: dict, baselines: dict, path: Path) -> Pat
     return _save(fig, path)
 
 
+def _gated(curves: dict) -> bool:
+    """Whether a cell has a gate or confidence to show: OPD, GKD and SFT log gate rates of 0 (every turn
+    is ALWAYS) and a confidence of 1, which would only crowd the SAGE curves."""
+    rates = [v for name, pts in curves.items() if "gate" in name for v in pts.values()]
+    confidence = [v for name, pts in curves.items() if "gate" not in name for v in pts.values()]
+    return any(v > 0 for v in rates) or any(v != 1.0 for v in confidence)
+
+
 def plot_gate(curves: dict, path: Path) -> Path:
     """curves: label -> metric -> epoch -> value (the GATE_PANELS metrics)."""
     fig, axes = plt.subplots(1, len(GATE_PANELS), figsize=(16, 4))
@@ -343,7 +351,7 @@ def make_plots(
     if any(v for by_metric in values.values() for by_split in by_metric.values() for v in by_split.values()):
         written.append(plot_final(values, output / "final_metrics.png"))
     gate = {labels.get(c, c): metric_curves(output, c) for c in fitted}
-    gate = {k: v for k, v in gate.items() if any(v.values())}
+    gate = {k: v for k, v in gate.items() if _gated(v)}
     if gate:
         written.append(plot_gate(gate, output / "gate_vs_epoch.png"))
     order = [c for c in episode_cells if c in fitted] + [c for c in fitted if c not in episode_cells]

@@ -195,3 +195,13 @@ def test_final_values_per_seed(out):
     assert sage["success"] == {"seen": [0.5, 1.0], "unseen": [0.5, 0.25]}
     assert sage["admissible_rate"] == {"seen": [], "unseen": []}
     assert final_values(out, "gkd_jsd")["success"] == {"seen": [], "unseen": []}
+
+
+def test_gate_plot_keeps_only_cells_with_a_gate_or_confidence():
+    from sage.plots import _gated
+
+    flat = {"train/gate/skip_rate": {0: 0.0}, "train/gate/weak_rate": {0: 0.0}, "train/confidence_mean": {0: 1.0}}
+    assert not _gated(flat)  # OPD / GKD / SFT: every turn ALWAYS, confidence 1
+    assert _gated({**flat, "train/confidence_mean": {0: 1.0, 1: 0.9}})  # SAGE without its gate
+    assert _gated({**flat, "train/gate/weak_rate": {0: 1.0}})  # SAGE without its confidence
+    assert not _gated({})
