@@ -24,6 +24,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from sage.results import (  # noqa: E402
     SPLITS,
+    eval_value,
     load_eval_results,
     mean_std,
     read_epoch_metrics,
@@ -86,21 +87,20 @@ def final_success(output, cell: str) -> dict[str, float | None]:
     return {s: mean_std([r["success"].get(s, {}).get("overall") for r in res.values()])[0] for s in SPLITS}
 
 
-FINAL_PANELS = (("success", "success %"), ("admissible_rate", "admissible actions % of turns"))
+FINAL_PANELS = (  # metric, (eval_results.json section, key), panel title
+    ("success", ("success", "overall"), "success %"),
+    ("admissible_rate", ("turn_rates", "admissible_rate"), "admissible actions % of turns"),
+)
 
 
 def final_values(output, cell: str) -> dict[str, dict[str, list[float]]]:
     """metric -> split -> the value of each finished seed (`eval_results.json`): overall success and the
     turn-level admissible rate (absent in results written before turn rates existed)."""
     res = load_eval_results(output, cell).values()
-    out = {m: {s: [] for s in SPLITS} for m, _ in FINAL_PANELS}
-    for r in res:
-        for s in SPLITS:
-            v = r.get("success", {}).get(s, {}).get("overall")
-            rate = r.get("turn_rates", {}).get(s, {}).get("admissible_rate")
-            out["success"][s] += [] if v is None else [v]
-            out["admissible_rate"][s] += [] if rate is None else [rate]
-    return out
+    return {
+        metric: {s: [v for r in res if (v := eval_value(r, section, s, key)) is not None] for s in SPLITS}
+        for metric, (section, key), _ in FINAL_PANELS
+    }
 
 
 def plot_final(values: dict, path: Path) -> Path:
@@ -108,7 +108,7 @@ def plot_final(values: dict, path: Path) -> Path:
     labels = list(values)
     fig, axes = plt.subplots(1, len(FINAL_PANELS), figsize=(14, 0.55 * len(labels) + 1.6), sharey=True)
     height, colors = 0.38, dict(zip(SPLITS, ("#4a78c0", "#f0a030"), strict=True))
-    for ax, (metric, title) in zip(axes, FINAL_PANELS, strict=True):
+    for ax, (metric, _, title) in zip(axes, FINAL_PANELS, strict=True):
         for k, (split, color) in enumerate(colors.items()):
             for i, label in enumerate(labels):
                 vals = [100 * v for v in values[label][metric][split]]

@@ -31,6 +31,12 @@ EPOCH_METRICS = (
 
 
 # -- reading one run ---------------------------------------------------------------------------------
+def eval_value(payload: dict, section: str, split: str, key: str) -> float | None:
+    """`payload[section][split][key]` of an evaluation record (eval_results.json, a val_history line), or
+    None where any level is missing (older files have no "turn_rates")."""
+    return payload.get(section, {}).get(split, {}).get(key)
+
+
 def seed_dirs(output: str | Path, cell: str) -> dict[int, Path]:
     """seed -> run dir, for every `seed_<S>` folder of a cell (finished or not)."""
     root = Path(output) / "runs" / cell
@@ -105,7 +111,7 @@ def aggregate(
         for split in SPLITS:
             for section, keys in (("success", KEYS), ("turn_rates", TURN_RATES)):
                 for key in keys:
-                    vals = [p.get(section, {}).get(split, {}).get(key) for p in by_seed.values()]
+                    vals = [eval_value(p, section, split, key) for p in by_seed.values()]
                     row[f"{split}/{key}/mean"], row[f"{split}/{key}/std"] = mean_std(vals)
         rows.append(row)
     base = next((r for r in rows if r["cell"] == baseline and r["seeds"]), None)
@@ -193,8 +199,8 @@ def epoch_rows(output: str | Path, cells: list[str]) -> list[dict]:
                 e = per_epoch.setdefault(int(v["epoch"]), {})
                 e["global_step"] = v.get("global_step")
                 for split in SPLITS:
-                    e[f"val/{split}/success"] = v.get("success", {}).get(split, {}).get("overall")
-                    e[f"val/{split}/admissible_rate"] = v.get("turn_rates", {}).get(split, {}).get("admissible_rate")
+                    e[f"val/{split}/success"] = eval_value(v, "success", split, "overall")
+                    e[f"val/{split}/admissible_rate"] = eval_value(v, "turn_rates", split, "admissible_rate")
             rows += [{"cell": cell, "seed": seed, "epoch": e, **m} for e, m in sorted(per_epoch.items())]
     return rows
 
