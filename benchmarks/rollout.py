@@ -1,17 +1,21 @@
 """Rollout throughput: our batched loop (window and transcript modes) vs a plain per-game loop.
 
-Every game plays exactly `--turns` turns (the environment's step limit), so all three variants
-do the same amount of work; they run one after another in this process and are printed side by
-side as ratios. Also reported: the share of time in generation vs the environment, and the tokens
-the teacher must score per episode in each mode (window: every turn's full prompt; transcript: the
-episode sequence once).
+Every game plays exactly `--turns` turns (the environment's step limit), so all three variants do the
+same amount of work; they run one after another in this process and are printed side by side as
+ratios. Also reported: the share of time in generation vs the environment, the generator's achieved
+FLOP/s (from counted FLOPs) against a matmul probe measured in the same run (same dtype and threads),
+the bytes that cross between host and device per decode step, and the rows run per generated token.
 
     python benchmarks/rollout.py --games 16 --turns 4 --model smollm2-135m-instruct --layers 6
+    python benchmarks/rollout.py --games 16 --turns 12 --precision bf16-mixed
+The last line is one JSON object with the figures (compare runs with it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import time
 
 import torch
@@ -21,6 +25,8 @@ from sage.models import ModelSpec, load_model, load_tokenizer
 from sage.rollout.chat import ChatCodec
 from sage.rollout.generation import HFGenerator
 from sage.rollout.loop import RolloutConfig, rollout
+
+PRECISIONS = {"32-true": (torch.float32, False), "bf16-mixed": (torch.bfloat16, True), "bf16-true": (torch.bfloat16, False)}
 
 
 class Timed:
@@ -44,24 +50,51 @@ class Timed:
         return timed
 
 
-def ours(mode, model, tok, pool, games, args):
+def flops(config, stats: dict) -> float:
+    """Useful FLOPs of the counted work: 2 x linear-layer parameters per real token, 4 x heads x head_dim
+    per attended key column per layer, and the LM head on each generated token (padding not counted)."""
+    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * config.intermediate_size
+    tokens = stats["prefill_tokens"] + stats["decode_row_steps"]
+    attended = stats["prefill_attended"] + stats["decode_attended"]
+    return 2.0 * per_layer * layers * tokens + 4.0 * heads * head_dim * layers * attended + 2.0 * h * vocab * stats[
+        "generated_tokens"]
+
+
+def matmul_probe(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
+    """GFLOP/s of a square matmul in `dtype` with this process's threads (the machine's practical peak)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def ours(mode, model, tok, pool, games, args, ctx):
     cfg = RolloutConfig(context_mode=mode, max_new_tokens=args.max_new_tokens, max_context_tokens=8192)
-    gen = Timed(HFGenerator(model, tok, seed=0), ["generate"])
+    inner = HFGenerator(model, tok, seed=0)
+    gen = Timed(inner, ["generate"])
     env = Timed(pool, ["reset", "step"])
     t = time.perf_counter()
-    eps = rollout(gen, env, games, PromptBuilder(), tok, cfg)
+    with ctx():
+        eps = rollout(gen, env, games, PromptBuilder(), tok, cfg)
     total = time.perf_counter() - t
     turns = sum(e.length for e in eps)
     if mode == "window":
         scored = sum(len(x.context_ids) + len(x.response_ids) for e in eps for x in e.turns)
     else:
         scored = sum(len(e.sequence_ids) for e in eps)
+    stats = inner.stats.as_dict()
     return {"turns": turns, "seconds": total, "gen": gen.seconds, "env": env.seconds,
-            "scored_tokens_per_episode": scored / len(eps)}
+            "scored_tokens_per_episode": scored / len(eps), "stats": stats,
+            "gflops": flops(model.config, stats) / gen.seconds / 1e9}
 
 
 @torch.no_grad()
-def plain(model, tok, pool, games, args):
+def plain(model, tok, pool, games, args, ctx):
     """What a first implementation does: one `generate` call per game per turn on the full prompt."""
     codec, prompt = ChatCodec(tok), PromptBuilder()
     env = Timed(pool, ["reset", "step"])
@@ -78,10 +111,11 @@ def plain(model, tok, pool, games, args):
                 continue
             ids = codec.prompt_ids(prompt.window_messages(r.task, history[i], r.observation, r.admissible))
             g0 = time.perf_counter()
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                                 max_new_tokens=args.max_new_tokens, stop_strings=["</action>"], tokenizer=tok,
-                                 pad_token_id=tok.pad_token_id)
+            with ctx():
+                out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                     max_new_tokens=args.max_new_tokens, stop_strings=["</action>"], tokenizer=tok,
+                                     pad_token_id=tok.pad_token_id)
             gen_s += time.perf_counter() - g0
             actions[i] = parse_action(tok.decode(out[0, len(ids):], skip_special_tokens=True)).action
             history[i].append((r.observation, actions[i]))
@@ -103,29 +137,71 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default="32-true",
+                   help="32-true: fp32; bf16-mixed: fp32 weights under bf16 autocast (the trainer's "
+                        "bf16-mixed); bf16-true: bf16 weights")
+    p.add_argument("--skip-plain", action="store_true", help="leave out the per-game baseline (ratios then absent)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    dtype, autocast = PRECISIONS[args.precision]
     tok = load_tokenizer(args.model)
-    model = load_model(ModelSpec(args.model, num_layers=args.layers), trainable=False)
+    weights = "float32" if dtype == torch.float32 or autocast else "bfloat16"
+    # trainable: the student's weights require grad, so autocast caches their bf16 casts during a rollout
+    model = load_model(ModelSpec(args.model, num_layers=args.layers, dtype=weights), trainable=True).eval()
+
+    def ctx():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
     games = (find_games("train") + find_games("valid_seen") + find_games("valid_unseen"))[:: 3][: args.games]
-    print(f"{len(games)} games x {args.turns} turns, {args.model} ({args.layers} layers), "
-          f"max_new_tokens={args.max_new_tokens}, torch threads={torch.get_num_threads()}, env workers={args.workers}")
+    probe = matmul_probe(dtype)
+    print(f"{len(games)} games x {args.turns} turns, {args.model} ({args.layers} layers), precision={args.precision}, "
+          f"max_new_tokens={args.max_new_tokens}, torch threads={torch.get_num_threads()}, env workers={args.workers}, "
+          f"matmul probe {probe:.0f} GFLOP/s ({dtype})")
     with EnvPool(num_workers=args.workers, max_steps=args.turns) as pool:
         pool.reset(games[:1])  # start the workers before timing
-        rows = {
-            "plain per-game generate": plain(model, tok, pool, games, args),
-            "ours, window": ours("window", model, tok, pool, games, args),
-            "ours, transcript": ours("transcript", model, tok, pool, games, args),
-        }
-    base = rows["plain per-game generate"]["turns"] / rows["plain per-game generate"]["seconds"]
+        rows = {}
+        if not args.skip_plain:
+            rows["plain per-game generate"] = plain(model, tok, pool, games, args, ctx)
+        rows["ours, window"] = ours("window", model, tok, pool, games, args, ctx)
+        rows["ours, transcript"] = ours("transcript", model, tok, pool, games, args, ctx)
+    base = rows["plain per-game generate"]["turns"] / rows["plain per-game generate"]["seconds"] if not args.skip_plain else None
     print(f"\n{'variant':<26}{'turns':>7}{'s':>9}{'turns/s':>10}{'x plain':>9}{'gen %':>8}{'env %':>8}"
-          f"{'teacher tokens/episode':>24}")
+          f"{'GFLOP/s':>9}{'of probe':>10}{'teacher tokens/episode':>24}")
     for name, r in rows.items():
         tps = r["turns"] / r["seconds"]
-        print(f"{name:<26}{r['turns']:>7}{r['seconds']:>9.1f}{tps:>10.2f}{tps / base:>9.2f}"
-              f"{100 * r['gen'] / r['seconds']:>8.0f}{100 * r['env'] / r['seconds']:>8.0f}"
+        ratio = f"{tps / base:>9.2f}" if base else f"{'-':>9}"
+        gf = r.get("gflops")
+        gfs = f"{gf:>9.1f}{gf / probe:>10.2f}" if gf else f"{'-':>9}{'-':>10}"
+        print(f"{name:<26}{r['turns']:>7}{r['seconds']:>9.1f}{tps:>10.2f}{ratio}"
+              f"{100 * r['gen'] / r['seconds']:>8.0f}{100 * r['env'] / r['seconds']:>8.0f}{gfs}"
               f"{r['scored_tokens_per_episode']:>24.0f}")
+    ours_rows = [rows["ours, window"], rows["ours, transcript"]]
+    st = [r["stats"] for r in ours_rows]
+    total_flops = sum(flops(model.config, s) for s in st)
+    gen_s = sum(r["gen"] for r in ours_rows)
+    steps = sum(s["decode_steps"] + 1 for s in st)  # + the first token of each call, picked after the prefill
+    figures = {
+        "games": len(games), "turns": args.turns, "dtype": args.precision,
+        "plain_turns_per_s": round(base, 3) if base else None,
+        "window_x_plain": round(rows["ours, window"]["turns"] / rows["ours, window"]["seconds"] / base, 3) if base else None,
+        "transcript_x_plain": round(rows["ours, transcript"]["turns"] / rows["ours, transcript"]["seconds"] / base, 3)
+        if base else None,
+        "gen_gflops": round(total_flops / gen_s / 1e9, 1),
+        "gen_gflops_window": round(ours_rows[0]["gflops"], 1),
+        "gen_gflops_transcript": round(ours_rows[1]["gflops"], 1),
+        "matmul_probe_gflops": round(probe, 1),
+        "gen_fraction_of_probe": round(total_flops / gen_s / 1e9 / probe, 3),
+        "host_bytes_per_decode_step": round(sum(s["host_bytes"] for s in st) / steps, 1),
+        "decode_row_steps_per_token": round(sum(s["decode_row_steps"] for s in st)
+                                            / sum(s["generated_tokens"] for s in st), 3),
+        "prefill_padding_share": round(1 - sum(s["prefill_tokens"] for s in st) / sum(s["prefill_padded"] for s in st), 3),
+        "threads": torch.get_num_threads(),
+    }
+    print(f"\nhost bytes per decode step {figures['host_bytes_per_decode_step']} (<= 64 x {len(games)} games = "
+          f"{64 * len(games)}), decode row-steps per generated token {figures['decode_row_steps_per_token']}, "
+          f"prefill padding {100 * figures['prefill_padding_share']:.1f}%")
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

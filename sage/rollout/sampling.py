@@ -1,0 +1,62 @@
+"""Token selection on the model's device: temperature, top-p, greedy, and the log-prob of each pick.
+
+Only the chosen ids and their log-probs leave the device (O(rows) bytes per decode step); the full
+``[rows, vocab]`` distribution never does. Random draws come from a generator on the same device, so a
+seed fixes the samples for a given batch composition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens. `greedy` ignores temperature/top-p (evaluation)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    greedy: bool = False
+    stop_strings: tuple[str, ...] = ("</action>",)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self.stop_strings = tuple(self.stop_strings)
+
+
+def sampling_logprobs(logits: Tensor, params: SamplingParams) -> Tensor:
+    """Log-probs ``[rows, V]`` (float32; float64 logits stay float64) of the distribution tokens are drawn from: temperature, then top-p
+    renormalised over the smallest prefix of the sorted distribution reaching ``top_p``.
+
+    Greedy decoding records log-probs at temperature 1 (the model's own distribution)."""
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    if params.greedy:
+        return torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_logp, order = logp.sort(dim=-1, descending=True)
+        p = sorted_logp.exp()
+        drop_sorted = p.cumsum(dim=-1) - p >= params.top_p  # mass before a token already reaches top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logp = torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
+    return logp
+
+
+def pick_tokens(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """(token ids ``[rows]``, their log-probs ``[rows]``), both still on the logits' device."""
+    logp = sampling_logprobs(logits, params)
+    if params.greedy:
+        tok = logp.argmax(dim=-1)
+    else:
+        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+    return tok, logp.gather(1, tok[:, None]).squeeze(1)
