@@ -29,6 +29,7 @@ class Sample:
     gate: list[float]
     confidence: list[float]
     teacher_logprobs: list[float]
+    teacher_hidden: torch.Tensor | None = None  # [n_response, H]: one row per loss_mask position, in order
 
     @property
     def n_response(self) -> int:
@@ -56,6 +57,21 @@ def _turn_fields(turn) -> tuple[list[float], list[float]]:
     return conf, tlp
 
 
+def _hidden_rows(turns, n_rows: int) -> torch.Tensor | None:
+    """The turns' teacher hidden states stacked in token order; zero rows for turns the teacher did not
+    score (gate 0: their weight is 0, the loss drops them). None when no turn was scored (SFT)."""
+    scored = [t.teacher_hidden for t in turns if t.teacher_hidden is not None]
+    if not scored:
+        return None
+    like = scored[0]
+    parts = [t.teacher_hidden if t.teacher_hidden is not None else like.new_zeros((len(t.response_ids), like.shape[1]))
+             for t in turns]
+    out = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if out.shape[0] != n_rows:
+        raise ValueError(f"teacher hidden states for {out.shape[0]} tokens, but the sample has {n_rows} response tokens")
+    return out
+
+
 def window_samples(episodes: Sequence[Episode]) -> list[Sample]:
     """One sample per turn: the exact context the policy saw followed by its response."""
     out = []
@@ -70,6 +86,7 @@ def window_samples(episodes: Sequence[Episode]) -> list[Sample]:
                     gate=[0.0] * c + [float(t.gate)] * n,
                     confidence=[1.0] * c + conf,
                     teacher_logprobs=[0.0] * c + tlp,
+                    teacher_hidden=_hidden_rows([t], n),
                 )
             )
     return out
@@ -89,7 +106,9 @@ def transcript_samples(episodes: Sequence[Episode]) -> list[Sample]:
                 gate[t.offset + k] = float(t.gate)
                 conf[t.offset + k] = c[k]
                 tlp[t.offset + k] = lp[k]
-        out.append(Sample(list(ep.sequence_ids), list(ep.student_mask), gate, conf, tlp))
+        turns = sorted((t for t in ep.turns if t.response_ids), key=lambda t: t.offset)
+        hidden = _hidden_rows(turns, sum(ep.student_mask))
+        out.append(Sample(list(ep.sequence_ids), list(ep.student_mask), gate, conf, tlp, hidden))
     return out
 
 
@@ -140,10 +159,16 @@ def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
         gate[i, :n] = torch.tensor(s.gate)
         conf[i, :n] = torch.tensor(s.confidence)
         tlp[i, :n] = torch.tensor(s.teacher_logprobs)
-    return {
+    batch = {
         "input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask,
         "gate": gate, "confidence": conf, "teacher_logprobs": tlp,
     }
+    hidden = [s.teacher_hidden for s in samples]
+    if any(h is not None for h in hidden):
+        if any(h is None for h in hidden):
+            raise ValueError("a micro-batch mixes samples with and without teacher hidden states")
+        batch["teacher_hidden"] = torch.cat(hidden)  # rows in the row-major order of loss_mask
+    return batch
 
 
 def build_steps(

@@ -9,11 +9,14 @@ module plays them greedily in `validation_step`.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from sage.batching import build_steps, flatten_steps, transcript_samples, window_samples
 from sage.distributed import align_steps, shard, world
@@ -30,6 +33,22 @@ def _identity(x):
     return x
 
 
+class _EpochItems(IterableDataset):
+    """An epoch's micro-batches, minus the first `done` already trained before a mid-epoch checkpoint.
+
+    Its length stays the whole epoch's: a resumed Lightning loop restores its own batch counter to
+    `done` and stops at the epoch's length, so it runs exactly the items that were not trained."""
+
+    def __init__(self, items: list[dict], done: int = 0) -> None:
+        self.items, self.done = items, done
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items[self.done :])
+
+
 class SageDataModule(L.LightningDataModule):
     """ALFWorld games in, on-policy training steps out.
 
@@ -39,6 +58,8 @@ class SageDataModule(L.LightningDataModule):
         rollout_batch: games played together in one batched rollout (None = all of this rank's games).
         val_splits / val_games: evaluation splits and games per split (None = every game once; a
             number takes games round-robin over the task types).
+        val_batch: evaluation games played in one rollout (None = the rank's whole split as one stream;
+            set a number only when the KV cache of a whole split does not fit).
         source: ``on_policy`` (the student plays), ``expert`` (stored walkthroughs, for SFT) or
             ``teacher`` (the teacher plays, sampled; for SFT on teacher trajectories).
         teacher_won_only: with ``source=teacher``, keep only the games the teacher won.
@@ -54,7 +75,7 @@ class SageDataModule(L.LightningDataModule):
         rollout_batch: int | None = None,
         val_splits: list[str] | None = None,
         val_games: int | None = None,
-        val_batch: int = 16,
+        val_batch: int | None = None,
         source: Literal["on_policy", "expert", "teacher"] = "on_policy",
         teacher_won_only: bool = True,
         rollout: RolloutConfig | None = None,
@@ -90,6 +111,9 @@ class SageDataModule(L.LightningDataModule):
         self.pool: EnvPool | None = None
         self._own_pool = False
         self.last_episodes: list[Episode] = []
+        self.generation_stats = None
+        self._epoch_file: Path | None = None
+        self._resume: dict | None = None
         self.last_epoch = -1
 
     @property
@@ -120,6 +144,7 @@ class SageDataModule(L.LightningDataModule):
         was_training = student.training
         student.eval()
         gen = HFGenerator(student, module.tokenizer, seed=self.seed if seed is None else seed)
+        self.generation_stats = gen.stats  # work counters of the latest play (benchmarks, progress)
         chunk = self.rollout_batch or max(1, len(games))
         episodes: list[Episode] = []
         try:
@@ -151,6 +176,41 @@ class SageDataModule(L.LightningDataModule):
             return [ep for ep in episodes if ep.won] if self.teacher_won_only else episodes
         return self.play(games, greedy=False, seed=self.seed + 1000 * epoch)
 
+    # -- exact mid-epoch resume ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: where this epoch's rollouts are kept and how many of its items
+        (micro-batches) were trained, so a resumed run continues the same epoch with the same samples."""
+        if self.last_epoch < 0 or self._epoch_file is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self.last_epoch, "episodes_file": str(self._epoch_file), "items_done": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state) or None
+
+    def _epoch_path(self, epoch: int) -> Path | None:
+        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        if log_dir is None:
+            return None
+        rank, size = world()
+        return Path(log_dir) / "epoch_data" / f"epoch_{epoch:03d}{f'_rank{rank}' if size > 1 else ''}.pt"
+
+    def _episodes_for(self, epoch: int) -> tuple[list[Episode], int]:
+        """This epoch's rollouts and the items already trained: kept ones when resuming this epoch,
+        fresh ones (saved beside the checkpoints, atomically) otherwise."""
+        resume, self._resume = self._resume, None
+        if resume and resume.get("epoch") == epoch and Path(resume["episodes_file"]).is_file():
+            self._epoch_file = Path(resume["episodes_file"])
+            return torch.load(self._epoch_file, weights_only=False), int(resume["items_done"])
+        episodes = [ep for ep in self.collect(epoch) if ep.error is None]
+        self._epoch_file = self._epoch_path(epoch)
+        if self._epoch_file is not None:
+            self._epoch_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._epoch_file.with_suffix(".tmp")
+            torch.save(episodes, tmp)
+            os.replace(tmp, self._epoch_file)
+        return episodes, 0
+
     # -- loaders ----------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module
@@ -159,10 +219,9 @@ class SageDataModule(L.LightningDataModule):
         # as the training and validation steps already do; outside the steps Lightning applies none.
         with self.trainer.precision_plugin.forward_context():
             t0 = time.perf_counter()
-            episodes = [ep for ep in self.collect(epoch) if ep.error is None]
+            episodes, done = self._episodes_for(epoch)
             t1 = time.perf_counter()
-            module.annotate(episodes, transcript=self.transcript)
-            t2 = time.perf_counter()
+            timings = module.annotate(episodes, transcript=self.transcript)
         samples = transcript_samples(episodes) if self.transcript else window_samples(episodes)
         steps = build_steps(samples, self.samples_per_step, self.max_tokens, module.tokenizer.pad_token_id,
                             seed=self.seed + epoch)
@@ -170,9 +229,14 @@ class SageDataModule(L.LightningDataModule):
             [s.denominator(module.loss_spec.normalize) for s in steps], [len(s.micro_batches) for s in steps]
         )
         items = flatten_steps(steps, dens, counts)
+        for ep in episodes:  # the micro-batches hold their own copies of the teacher's hidden states
+            for t in ep.turns:
+                t.teacher_hidden = None
         self.last_episodes, self.last_epoch = episodes, epoch
-        module.epoch_stats = episode_stats(episodes) | {"rollout_seconds": t1 - t0, "annotate_seconds": t2 - t1}
-        return DataLoader(items, batch_size=None, shuffle=False, collate_fn=_identity)
+        module.epoch_stats = episode_stats(episodes) | {"rollout_seconds": t1 - t0} | timings
+        if done:
+            log.info("resuming epoch %d after its first %d of %d micro-batches", epoch, done, len(items))
+        return DataLoader(_EpochItems(items, done), batch_size=None, collate_fn=_identity)
 
     def val_dataloader(self) -> list[DataLoader]:
         rank, size = world()
@@ -180,7 +244,8 @@ class SageDataModule(L.LightningDataModule):
         for split in self.val_splits:
             games = shard(balanced(find_games(split, self.data_root), self.val_games), rank, size)
             # A rank with no game still gets one (empty) batch: Lightning rejects empty loaders.
-            batches = [games[i : i + self.val_batch] for i in range(0, len(games), self.val_batch)] or [[]]
+            per_rollout = self.val_batch or max(1, len(games))
+            batches = [games[i : i + per_rollout] for i in range(0, len(games), per_rollout)] or [[]]
             loaders.append(DataLoader(batches, batch_size=None, shuffle=False, collate_fn=_identity))
         return loaders
 

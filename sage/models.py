@@ -25,7 +25,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_VOCAB = 49152
 SMOLLM2_BOS, SMOLLM2_EOS = 1, 2  # <|im_start|>, <|im_end|> (also the pad token)
 MODEL_MAX_LENGTH = 8192
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+INITS = ("pretrained", "random")
 
 
 class TokenizerMismatchError(ValueError):
@@ -48,20 +49,34 @@ class ModelSpec:
 
     ``num_layers`` keeps only the first N decoder layers (for ``tiny-random`` it is the layer count):
     a cheap smaller student that shares the teacher's tokenizer. ``lora=None`` means full fine-tuning.
+    ``dtype="auto"``: bfloat16 on a GPU for weights that are not trained (the teacher, a LoRA student's
+    base), float32 otherwise (a fully fine-tuned student keeps float32 master weights; bf16-mixed
+    autocast computes in bf16). ``init="random"``: the architecture from ``name_or_path``'s config with
+    random weights (throughput and memory benchmarks at real shapes; never for success rates).
     """
 
     name_or_path: str
-    dtype: str = "float32"
+    dtype: str = "auto"
     num_layers: int | None = None
     lora: LoraSpec | None = None
     seed: int = 0
     gradient_checkpointing: bool = False
-    attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"; None = transformers' default
+    attn_implementation: str | None = None  # e.g. "sdpa", "eager"; None = transformers' default
+    init: str = "pretrained"
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}; allowed: auto, {', '.join(DTYPES)}")
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r}; allowed: {', '.join(INITS)}")
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu", trained: bool = True) -> torch.dtype:
+    """A dtype name (or ``"auto"``, see `ModelSpec`) as a torch dtype for weights on ``device``."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" and not trained else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
     return DTYPES[dtype]
@@ -229,7 +244,8 @@ def freeze(model):
 
 
 def load_model(spec: ModelSpec | str, device: str | torch.device = "cpu", trainable: bool = True, **overrides):
-    """Build the model described by ``spec`` (a `ModelSpec`, or a name plus ModelSpec fields as keywords).
+    """Build the model described by ``spec`` (a `ModelSpec`, or a name plus ModelSpec fields as keywords)
+    straight on ``device`` in its target dtype: no float32 host copy of a large teacher per rank.
 
     ``trainable=False`` gives a frozen model (the teacher); LoRA is only valid on a trainable model.
     """
@@ -237,25 +253,37 @@ def load_model(spec: ModelSpec | str, device: str | torch.device = "cpu", traina
         spec = ModelSpec(name_or_path=spec, **overrides)
     elif overrides:
         raise TypeError("pass either a ModelSpec or a name with keyword overrides, not both")
-    dtype = resolve_dtype(spec.dtype)
     if spec.lora is not None and not trainable:
         raise ValueError("a LoRA spec was given for a frozen (trainable=False) model")
-    if _is_tiny(spec.name_or_path):
+    device = torch.device(device)
+    dtype = resolve_dtype(spec.dtype, device, trained=trainable and spec.lora is None)
+    if trainable and spec.lora is None and dtype != torch.float32 and dtype != torch.float64:
+        raise ValueError(
+            f"full fine-tuning of {spec.name_or_path!r} in {spec.dtype} would update weights without float32 "
+            "master copies; use dtype float32 (with trainer.precision bf16-mixed for bf16 compute) or a LoRA spec"
+        )
+    if _is_tiny(spec.name_or_path):  # built on the CPU (the same draws on every machine), then moved
         model = tiny_random_model(spec.num_layers or 2, spec.seed, dtype=dtype)
     else:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         source, local = _local_or_hub(spec.name_or_path)
-        kwargs = {"dtype": dtype, "local_files_only": local}
-        if spec.attn_implementation:
-            kwargs["attn_implementation"] = spec.attn_implementation
+        kwargs = {"attn_implementation": spec.attn_implementation} if spec.attn_implementation else {}
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            if spec.init == "random":
+                config = AutoConfig.from_pretrained(source, local_files_only=local, **kwargs)
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
+                    torch.manual_seed(spec.seed)
+                    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=dtype, local_files_only=local, device_map={"": device}, **kwargs
+                )
         except OSError as e:
             raise OSError(f"could not load model {spec.name_or_path!r} (not a folder or known alias): {e}") from e
         if spec.num_layers is not None:
             truncate_layers(model, spec.num_layers)
-    model = model.to(device)
+    model = model.to(device)  # a no-op when it was built there
     if not trainable:
         return freeze(model)
     if spec.gradient_checkpointing:
@@ -275,8 +303,17 @@ def load_model(spec: ModelSpec | str, device: str | torch.device = "cpu", traina
             target_modules=spec.lora.target_modules,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, config)  # adapters in float32: they are the trained master weights
     return model.train()
+
+
+def keep_adapter_inputs(model) -> None:
+    """Under bf16 autocast, stop peft from casting every LoRA layer's input to the adapters' float32
+    (autocast runs the adapter matmuls in bf16 anyway; the cast only adds activation traffic).
+    Only for models that always run under autocast: without it a bf16 input meets float32 adapters."""
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
 
 
 def vocab_rows(model) -> int:

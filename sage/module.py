@@ -8,6 +8,7 @@ never change the loss (METHOD.md, Normalization).
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Literal
 
@@ -15,25 +16,23 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from sage.distill.divergence import target_logprobs, token_divergence
+from sage.distill.fused import chunked_token_loss
 from sage.distill.judge import JudgePrompt, TurnJudge
-from sage.distill.objective import LossSpec, weighted_loss
+from sage.distill.objective import LossSpec, token_weights
 from sage.distill.specs import ConfidenceSpec, GateSpec
 from sage.distill.teacher import TeacherScorer
-from sage.models import ModelSpec, check_tokenizers, load_model, load_tokenizer, vocab_rows
+from sage.forward import output_head, predicting, selected_hidden
+from sage.models import (
+    ModelSpec,
+    check_tokenizers,
+    keep_adapter_inputs,
+    load_model,
+    load_tokenizer,
+    vocab_rows,
+)
 from sage.rollout.records import Episode
 
 OBJECTIVES = ("distill", "sft")
-
-
-def masked_logits(model, input_ids, attention_mask, pred_mask) -> torch.Tensor:
-    """Logits [N, V] at the positions that predict a response token, and nowhere else.
-
-    The LM head runs on the selected hidden states only: on a long transcript, logits for every
-    position would cost sequence x vocabulary memory for nothing."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return base.get_output_embeddings()(hidden[:, :-1][pred_mask])
 
 
 class SageModule(L.LightningModule):
@@ -72,19 +71,34 @@ class SageModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.grad_clip = grad_clip
 
-        self.tokenizer = load_tokenizer(student.name_or_path)
-        self.student = load_model(student, trainable=True)
-        self.teacher = None
-        self.vocab_rows = vocab_rows(self.student)
-        if teacher is not None:
-            self.teacher = load_model(teacher, trainable=False)
-            self.vocab_rows = check_tokenizers(
-                self.tokenizer, load_tokenizer(teacher.name_or_path), vocab_rows(self.student), vocab_rows(self.teacher)
-            )
-        elif objective == "distill":
+        if objective == "distill" and teacher is None:
             raise ValueError("objective='distill' needs a teacher model (model.teacher)")
+        self.student_spec, self.teacher_spec = student, teacher
+        self.tokenizer = load_tokenizer(student.name_or_path)
+        self.student = self.teacher = None
+        self.vocab_rows: int | None = None
         self._acc: dict[str, float] = {}
         self.epoch_stats: dict[str, float] = {}
+
+    def configure_model(self, device: str | torch.device | None = None) -> None:
+        """Build student and teacher once, straight on the trainer's device in their target dtype (Lightning
+        calls this before fit/validate and before restoring a checkpoint); without a trainer, on ``device``
+        (default CPU)."""
+        if self.student is not None:
+            return
+        if device is None:
+            device = self._trainer.strategy.root_device if self._trainer is not None else "cpu"
+        self.student = load_model(self.student_spec, device=device, trainable=True)
+        self.vocab_rows = vocab_rows(self.student)
+        if self.teacher_spec is not None:
+            self.teacher = load_model(self.teacher_spec, device=device, trainable=False)
+            self.vocab_rows = check_tokenizers(
+                self.tokenizer, load_tokenizer(self.teacher_spec.name_or_path),
+                vocab_rows(self.student), vocab_rows(self.teacher),
+            )
+        precision = str(self._trainer.precision) if self._trainer is not None else ""
+        if self.student_spec.lora is not None and "mixed" in precision:
+            keep_adapter_inputs(self.student)
 
     def setup(self, stage: str) -> None:
         strategy = type(self.trainer.strategy).__name__
@@ -96,35 +110,35 @@ class SageModule(L.LightningModule):
             )
 
     # -- data annotation (called by the DataModule after each rollout) -------------------------
-    @property
-    def needs_scoring(self) -> bool:
-        return self.objective == "distill" and (
-            self.confidence_spec.kind != "none" or self.loss_spec.divergence == "sampled_reverse_kl"
-        )
-
     @torch.no_grad()
-    def annotate(self, episodes: list[Episode], transcript: bool) -> None:
-        """Gate every turn (judge) and, when the loss needs it, score the student's tokens with the teacher.
+    def annotate(self, episodes: list[Episode], transcript: bool) -> dict[str, float]:
+        """Gate every turn (judge), then the teacher's one pass over the student's tokens (distillation):
+        kappa and log pi_T per token, and the teacher's hidden states the loss will need.
 
         Only turns with g_t > 0 are scored: a skipped turn's weight is 0 whatever kappa is (and it adds
-        only its token count to the `opd` denominator), so scoring it would be wasted teacher time."""
+        only its token count to the `opd` denominator), so scoring it would be wasted teacher time.
+        Returns the seconds each part took (`judge_seconds`, `score_seconds`)."""
+        t0 = time.perf_counter()
         g = self.gate_spec
         judge = TurnJudge(
             mode=g.mode, labels=g.labels, weak_weight=g.weak_weight, history_len=g.history_len,
             prompt=self.judge_prompt, model=self.teacher, tokenizer=self.tokenizer, max_batch=g.max_batch,
         )
         judge.judge(episodes)
-        if not self.needs_scoring:
-            return
-        c = self.confidence_spec
+        t1 = time.perf_counter()
+        if self.objective != "distill":
+            return {"judge_seconds": t1 - t0, "score_seconds": 0.0}
+        c, spec = self.confidence_spec, self.loss_spec
         scorer = TeacherScorer(
             self.teacher, confidence_kind=c.kind, confidence_min=c.min, turn_average=c.turn_average,
-            temperature=self.loss_spec.temperature, vocab_rows=self.vocab_rows,
+            temperature=spec.temperature, vocab_rows=self.vocab_rows, chunk_tokens=spec.chunk_tokens,
+            keep_hidden=spec.divergence != "sampled_reverse_kl",  # that loss reads only log pi_T(y)
         )
         if transcript:
             scorer.score_episodes([ep for ep in episodes if any(t.gate > 0 for t in ep.turns)])
         else:
             scorer.score_turns([t for ep in episodes for t in ep.turns if t.gate > 0])
+        return {"judge_seconds": t1 - t0, "score_seconds": time.perf_counter() - t1}
 
     # -- training -------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -138,29 +152,31 @@ class SageModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
     def micro_loss(self, item: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of one micro-batch, already divided by its step's global denominator."""
+        """Loss of one micro-batch, already divided by its step's global denominator.
+
+        The student's hidden states at the response positions go through `chunked_token_loss` with the
+        teacher's hidden states from annotation: fp32 LM heads, chunks of tokens recomputed in backward, and
+        no teacher decoder pass here."""
         ids, attn, lm = item["input_ids"], item["attention_mask"], item["loss_mask"]
         pred = lm[:, 1:]
-        targets = ids[:, 1:][pred][None]
-        gate = item["gate"][:, 1:][pred][None]
-        conf = item["confidence"][:, 1:][pred][None]
-        s_logits = masked_logits(self.student, ids, attn, pred)[None, :, : self.vocab_rows]
+        targets = ids[:, 1:][pred]
+        weights = token_weights(pred, item["gate"][:, 1:], item["confidence"][:, 1:])[pred]
+        s_hidden = selected_hidden(self.student, ids, attn, predicting(lm))
         spec = self.loss_spec
-        if self.objective == "sft":
-            tok = -target_logprobs(s_logits, targets)
-        else:
-            t_logits = None
-            tlp = item["teacher_logprobs"][:, 1:][pred][None]
-            if spec.divergence != "sampled_reverse_kl":
-                with torch.no_grad():
-                    t_logits = masked_logits(self.teacher, ids, attn, pred)[None, :, : self.vocab_rows]
-            tok = token_divergence(
-                s_logits, t_logits, targets, kind=spec.divergence, beta=spec.beta,
-                temperature=spec.temperature, teacher_target_logprobs=tlp,
-            )
-        ones = torch.ones_like(gate)
-        loss = weighted_loss(tok, ones, gate, conf, item["denominator"].to(tok.device), eps=spec.eps)
-        return loss, {"tokens": float(pred.sum())}
+        kind = "sft" if self.objective == "sft" else spec.divergence
+        t_hidden = item.get("teacher_hidden")
+        if kind not in ("sft", "sampled_reverse_kl") and t_hidden is None:
+            raise ValueError(f"divergence {kind!r} needs the teacher's hidden states: annotate the episodes first")
+        total = chunked_token_loss(
+            s_hidden, output_head(self.student),
+            None if t_hidden is None else t_hidden.to(s_hidden.device),
+            None if self.teacher is None else output_head(self.teacher),
+            targets, weights, kind, beta=spec.beta, temperature=1.0 if kind == "sft" else spec.temperature,
+            vocab_rows=self.vocab_rows, chunk_tokens=spec.chunk_tokens,
+            teacher_target_logprobs=item["teacher_logprobs"][:, 1:][pred] if kind == "sampled_reverse_kl" else None,
+        )
+        denominator = item["denominator"].to(total.device, total.dtype).clamp(min=spec.eps)
+        return total / denominator, {"tokens": float(pred.sum())}
 
     def training_step(self, item: dict, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()

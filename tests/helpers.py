@@ -73,3 +73,16 @@ def biased_model(bias: dict[int, float], seed: int = 0, num_layers: int = 2):
             head.bias[token] = value
     model.lm_head = head
     return model
+
+
+def with_teacher_pass(teacher, episodes, vocab_rows=None):
+    """Run the teacher's annotation pass (log-probs, hidden states) on every turn but keep the hand-set
+    confidences, so a test controls kappa while the loss gets the teacher states it needs."""
+    from sage.distill.teacher import TeacherScorer
+
+    turns = [t for ep in episodes for t in ep.turns]
+    kept = [list(t.confidence) if t.confidence is not None else None for t in turns]
+    TeacherScorer(teacher, vocab_rows=vocab_rows).score_turns(turns)
+    for t, c in zip(turns, kept, strict=True):
+        t.confidence = c
+    return episodes

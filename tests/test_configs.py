@@ -37,6 +37,8 @@ def test_the_expected_configs_exist():
 def test_full_configs_parse_and_instantiate(config):
     has_teacher = "teacher: null" not in config.read_text()
     c = instantiate([config], TINY_TEACHER if has_teacher else [])
+    assert c.model.student is None  # models are built by configure_model, on the trainer's device
+    c.model.configure_model()
     assert c.model.student is not None and (c.model.teacher is not None) == has_teacher
     assert c.datamodule.pool is None  # no environment is started by parsing
 
@@ -47,13 +49,28 @@ def test_override_configs_compose_with_sage_opd(override):
     assert c.model.objective == "distill"
 
 
-def test_paper_scale_sets_the_paper_models():
+@pytest.mark.parametrize("name, teacher, student", [
+    ("paper_qwen2.5.yaml", "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"),
+    ("paper_qwen3.yaml", "Qwen/Qwen3-8B", "Qwen/Qwen3-1.7B"),
+])
+def test_paper_scale_sets_the_paper_models(name, teacher, student):
     import yaml
 
-    cfg = yaml.safe_load((CONFIGS / "scale/paper_qwen2.5.yaml").read_text())
-    assert cfg["model"]["teacher"]["name_or_path"] == "Qwen/Qwen2.5-7B-Instruct"
-    assert cfg["model"]["student"]["name_or_path"] == "Qwen/Qwen2.5-1.5B-Instruct"
+    cfg = yaml.safe_load((CONFIGS / "scale" / name).read_text())
+    assert cfg["model"]["teacher"]["name_or_path"] == teacher
+    assert cfg["model"]["student"]["name_or_path"] == student
     assert cfg["model"]["student"]["lora"]["r"] > 0 and cfg["trainer"]["precision"] == "bf16-mixed"
+    # the override only adds to sage_opd.yaml's loss: the method's divergence and normalization stay
+    c = instantiate([CONFIGS / "sage_opd.yaml", CONFIGS / "scale" / name], TINY_TEACHER)
+    assert (c.model.loss_spec.divergence, c.model.loss_spec.normalize, c.model.loss_spec.chunk_tokens) == (
+        "reverse_kl", "weighted", 512)
+    assert c.datamodule.val_batch is None  # evaluation plays each split as one rollout stream
+
+
+def test_qwen3_thinking_is_off_for_the_student_and_the_judge():
+    c = instantiate([CONFIGS / "sage_opd.yaml", CONFIGS / "scale/paper_qwen3.yaml"], TINY_TEACHER)
+    assert c.datamodule.rollout_cfg.chat_template_kwargs == {"enable_thinking": False}
+    assert c.model.judge_prompt.chat_template_kwargs == {"enable_thinking": False}
 
 
 def _toggled(override: str | None):
@@ -61,6 +78,7 @@ def _toggled(override: str | None):
     c = instantiate(configs, TINY_TEACHER)
     toggles = next(cb for cb in c.trainer.callbacks if type(cb).__name__ == "AblationToggles")
     toggles.apply(c.model)
+    c.model.configure_model()
     return c.model
 
 
@@ -102,3 +120,13 @@ def test_ablations_change_what_the_loss_uses():
     eps = annotated(model)
     step = build_steps(window_samples(eps), 100, 10_000, pad_id=2, seed=0, skip_gated=False)[0]
     assert step.denominator(model.loss_spec.normalize) == 8.0  # 4 turns x 2 response tokens
+
+
+@pytest.mark.parametrize("name", ["sage_opd.yaml", "opd.yaml", "gkd_jsd.yaml", "sft.yaml", "quickstart.yaml"])
+def test_method_configs_checkpoint_inside_epochs(name):
+    """A checkpoint every N optimizer steps (exact mid-epoch resume) beside the end-of-epoch one."""
+    config = CONFIGS / name
+    c = instantiate([config], TINY_TEACHER if "teacher: null" not in config.read_text() else [])
+    every = sorted(cb._every_n_train_steps for cb in c.trainer.checkpoint_callbacks)
+    assert every[0] == 0 and every[-1] >= 1
+    assert all(cb.save_last for cb in c.trainer.checkpoint_callbacks)  # last.ckpt is always the newest

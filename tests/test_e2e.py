@@ -7,8 +7,10 @@ import json
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sage.cli import cli
 from sage.data import SPLIT_KEYS
@@ -116,6 +118,44 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, pool):
     resumed = build(tiny_args(tmp_path / "part2", epochs=2, val_every=never), pool)
     resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
 
+    assert resumed.trainer.global_step == full.trainer.global_step
+    a, b = student_state(full.model), student_state(resumed.model)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+class _EpochEnds(L.Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.steps.append(trainer.global_step)
+
+
+def test_mid_epoch_resume_matches_an_uninterrupted_run(tmp_path, pool):
+    """A run stopped one optimizer step into epoch 1 and resumed from that step's checkpoint trains the
+    same remaining samples (no new rollout) and ends with exactly the uninterrupted run's weights."""
+    small = ("--data.samples_per_step", "2")
+    never = 100
+    full = build(tiny_args(tmp_path / "full", epochs=2, val_every=never, extra=small), pool)
+    ends = _EpochEnds()
+    full.trainer.callbacks.append(ends)
+    full.trainer.fit(full.model, datamodule=full.datamodule)
+    stop = ends.steps[0] + 1
+    assert ends.steps[1] - ends.steps[0] >= 2, "epoch 1 needs a step after the checkpoint"
+
+    part = build(tiny_args(tmp_path / "part", epochs=2, val_every=never, extra=(*small, "--trainer.max_steps", str(stop))),
+                 pool)
+    every_step = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=1, save_top_k=-1)
+    part.trainer.callbacks.append(every_step)
+    part.trainer.fit(part.model, datamodule=part.datamodule)
+    ckpt = next((tmp_path / "ckpts").glob(f"epoch=1-step={stop}.ckpt"))
+
+    resumed = build(tiny_args(tmp_path / "part2", epochs=2, val_every=never, extra=small), pool)
+    played, play = [], resumed.datamodule.play
+    resumed.datamodule.play = lambda *a, **k: played.append(1) or play(*a, **k)
+    resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert played == []  # epoch 1 went on with its kept rollouts
     assert resumed.trainer.global_step == full.trainer.global_step
     a, b = student_state(full.model), student_state(resumed.model)
     for k in a:

@@ -1,6 +1,7 @@
 """Model loading: tiny random models, LoRA, frozen teachers, truncation, errors, tokenizer checks, SmolLM2."""
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from sage.models import (
     check_tokenizers,
     load_model,
     load_tokenizer,
+    resolve_dtype,
     smollm2_path,
     vocab_rows,
 )
@@ -53,9 +55,13 @@ def test_frozen_teacher():
 
 
 def test_dtype_and_errors(tmp_path):
-    assert next(load_model("tiny-random", dtype="bfloat16").parameters()).dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="dtype"):
+    assert next(load_model("tiny-random", dtype="bfloat16", trainable=False).parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype='float8'; allowed: auto, float32"):
         load_model("tiny-random", dtype="float8")
+    with pytest.raises(ValueError, match="float32 master"):  # full fine-tuning needs float32 weights
+        load_model("tiny-random", dtype="bfloat16")
+    with pytest.raises(ValueError, match="init='scratch'; allowed: pretrained, random"):
+        ModelSpec("tiny-random", init="scratch")
     with pytest.raises(FileNotFoundError, match="no such folder"):
         load_model(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="no such folder"):
@@ -121,3 +127,70 @@ def test_smollm2_offline_conversion_and_quickstart_student():
     student = load_model("smollm2-135m-instruct", num_layers=6, trainable=False)
     assert vocab_rows(student) == 49152 and student.config.num_hidden_layers == 6
     assert check_tokenizers(tok, tiny_tokenizer(), vocab_rows(student), 49152) == 49152
+
+
+def test_auto_dtype_is_bf16_only_for_untrained_weights_on_a_gpu():
+    assert resolve_dtype("auto", "cuda", trained=False) == torch.bfloat16  # teacher, LoRA base
+    assert resolve_dtype("auto", "cuda", trained=True) == torch.float32  # fully trained student: master weights
+    assert resolve_dtype("auto", "cpu", trained=False) == torch.float32
+    assert next(load_model("tiny-random", trainable=False).parameters()).dtype == torch.float32
+
+
+def _tiny_qwen3_folder(tmp_path):
+    """A tiny Qwen3-architecture config (q/k norms, explicit head_dim, padded vocabulary) + SmolLM2's tokenizer."""
+    from transformers import Qwen3Config
+
+    folder = tmp_path / "qwen3"
+    Qwen3Config(vocab_size=49152 + 64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                bos_token_id=1, eos_token_id=2, pad_token_id=2).save_pretrained(folder)
+    for f in smollm2_path().iterdir():
+        if f.name.startswith("tokenizer") or f.suffix == ".jinja":
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_tiny_qwen3_loads_with_lora_generates_and_trains(tmp_path):
+    from sage.distill.fused import chunked_token_loss
+    from sage.forward import base_model, output_head, pad_right, predicting, selected_hidden
+    from sage.rollout.generation import HFGenerator, SamplingParams
+
+    folder = _tiny_qwen3_folder(tmp_path)
+    spec = ModelSpec(str(folder), init="random", dtype="float64", lora=LoraSpec(r=2, alpha=4, dropout=0.0))
+    model, again = load_model(spec), load_model(spec)
+    assert type(base_model(model)).__name__ == "Qwen3ForCausalLM"
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert "lora_" in k or torch.equal(a, b)  # init="random" is seeded (adapters follow the global seed)
+    tok = load_tokenizer(str(folder))
+    assert check_tokenizers(tok, tiny_tokenizer(), vocab_rows(model), 49152) == 49152
+    # generation: batched equals one by one (float64), the padded head rows are never sampled
+    model.eval()
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("go to the desk 1", "take mug")]
+    greedy = SamplingParams(greedy=True, max_new_tokens=6, stop_strings=())
+    batched = HFGenerator(model, tok).generate(prompts, greedy)
+    for p, b in zip(prompts, batched, strict=True):
+        assert b.token_ids == HFGenerator(model, tok).generate([p], greedy)[0].token_ids
+        assert all(t < len(tok) for t in b.token_ids)
+    # training: the loss reaches the adapters and only them
+    model.train()
+    ids, attn = pad_right([p + b.token_ids for p, b in zip(prompts, batched, strict=True)])
+    targets = torch.zeros_like(ids, dtype=torch.bool)
+    targets[:, 2:] = attn[:, 2:].bool()
+    hidden = selected_hidden(model, ids, attn, predicting(targets))
+    loss = chunked_token_loss(hidden, output_head(model), None, None, ids[targets],
+                              torch.ones(int(targets.sum()), dtype=torch.float64), "sft", chunk_tokens=3)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all("lora_" in n and g is not None for n, g in grads.items())
+
+
+def test_chat_template_kwargs_reach_the_template():
+    from sage.rollout.chat import ChatCodec
+
+    tok = tiny_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}"
+                         "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}"
+                         "{% endif %}")
+    msgs = [{"role": "user", "content": "hi"}]
+    assert ChatCodec(tok).render(msgs) == "hi"
+    assert ChatCodec(tok, {"enable_thinking": False}).render(msgs) == "hi<think></think>"

@@ -1,17 +1,22 @@
-"""Teacher scoring equals a direct, unbatched teacher forward; transcript and window modes agree."""
+"""The teacher's one pass equals a direct, unbatched teacher forward; transcript and window modes agree.
+
+Float64 tiny teachers: batched (padded) and unbatched forwards then agree to ~1e-15 on any CPU."""
 
 import pytest
 import torch
 from helpers import make_episode, make_turn, tiny_model, transcript_episode
 
 from sage.distill.confidence import teacher_confidence
-from sage.distill.teacher import TeacherScorer, budget_batches, pad_batch, response_logits
+from sage.distill.teacher import TeacherScorer
+from sage.forward import budget_batches, pad_right, predicting, selected_hidden
 from sage.models import LoraSpec, ModelSpec, freeze, load_model
+
+TOL = 1e-12
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    return freeze(tiny_model(seed=1))
+    return freeze(tiny_model(seed=1).double())
 
 
 def _ids(gen, n):
@@ -25,37 +30,39 @@ def _turns(seed=0):
 
 
 def _direct(model, context, response, vocab_rows=None, temperature=1.0):
-    """Unbatched reference: logits at positions len(context)+k-1 predict response token k."""
+    """Unbatched reference: position len(context)+k-1 predicts response token k."""
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([context + response])).logits[0]
-    logits = logits[len(context) - 1 : len(context) + len(response) - 1, :vocab_rows]
+        out = model(input_ids=torch.tensor([context + response]), output_hidden_states=True)
+    span = slice(len(context) - 1, len(context) + len(response) - 1)
+    logits = out.logits[0, span, :vocab_rows]
     logp = torch.log_softmax(logits / temperature, dim=-1)
-    return logp[torch.arange(len(response)), torch.tensor(response)], logits
+    return logp[torch.arange(len(response)), torch.tensor(response)], logits, out.hidden_states[-1][0, span]
 
 
 @pytest.mark.parametrize(
     "kind,minimum,turn_average,temperature",
-    [("max_prob", 0.0, False, 1.0), ("neg_entropy", 0.2, True, 2.0)],
+    [("max_prob", 0.0, False, 1.0), ("neg_entropy", 0.2, True, 2.0), ("none", 0.0, False, 1.0)],
 )
 def test_score_turns_matches_direct_forward(teacher, kind, minimum, turn_average, temperature):
     turns = _turns()
-    scorer = TeacherScorer(teacher, kind, minimum, turn_average, temperature, max_batch_tokens=40)
+    scorer = TeacherScorer(teacher, kind, minimum, turn_average, temperature, max_batch_tokens=40, chunk_tokens=3)
     scorer.score_turns(turns)
     for t in turns:
-        logp, logits = _direct(teacher, t.context_ids, t.response_ids, temperature=temperature)
-        assert torch.allclose(torch.tensor(t.teacher_logprobs), logp, atol=1e-5)
-        kappa = teacher_confidence(logits[None], kind, minimum, turn_average, temperature=temperature)[0]
-        assert torch.allclose(torch.tensor(t.confidence), kappa, atol=1e-5)
+        logp, logits, hidden = _direct(teacher, t.context_ids, t.response_ids, temperature=temperature)
+        torch.testing.assert_close(torch.tensor(t.teacher_logprobs, dtype=torch.float64), logp, rtol=0, atol=TOL)
+        kappa = teacher_confidence(logits[None], kind, minimum, turn_average, temperature=temperature)[0].double()
+        torch.testing.assert_close(torch.tensor(t.confidence, dtype=torch.float64), kappa, rtol=0, atol=TOL)
+        torch.testing.assert_close(t.teacher_hidden, hidden, rtol=0, atol=TOL)
         assert len(t.confidence) == len(t.response_ids) and min(t.confidence) >= minimum
 
 
 def test_padded_teacher_vocab_is_sliced():
-    padded = freeze(tiny_model(seed=2, vocab_size=49152 + 64))
+    padded = freeze(tiny_model(seed=2, vocab_size=49152 + 64).double())
     turns = _turns(seed=3)
     TeacherScorer(padded, vocab_rows=49152).score_turns(turns)
     for t in turns:
-        logp, _ = _direct(padded, t.context_ids, t.response_ids, vocab_rows=49152)
-        assert torch.allclose(torch.tensor(t.teacher_logprobs), logp, atol=1e-5)
+        logp, _, _ = _direct(padded, t.context_ids, t.response_ids, vocab_rows=49152)
+        torch.testing.assert_close(torch.tensor(t.teacher_logprobs, dtype=torch.float64), logp, rtol=0, atol=TOL)
 
 
 def test_score_episodes_agrees_with_score_turns(teacher):
@@ -67,9 +74,17 @@ def test_score_episodes_agrees_with_score_turns(teacher):
     plain = make_episode([make_turn(step=0, context_ids=[1, 4], response_ids=[7, 8])])
     scorer.score([ep, plain])  # dispatches: transcript episode as one sequence, the other per turn
     for t, w in zip(ep.turns, window, strict=True):
-        assert torch.allclose(torch.tensor(t.teacher_logprobs), torch.tensor(w.teacher_logprobs), atol=1e-5)
-        assert torch.allclose(torch.tensor(t.confidence), torch.tensor(w.confidence), atol=1e-5)
+        for a, b in ((t.teacher_logprobs, w.teacher_logprobs), (t.confidence, w.confidence)):
+            torch.testing.assert_close(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
+                                       rtol=0, atol=TOL)
+        torch.testing.assert_close(t.teacher_hidden, w.teacher_hidden, rtol=0, atol=TOL)
     assert len(plain.turns[0].teacher_logprobs) == 2
+
+
+def test_hidden_states_are_dropped_when_not_kept(teacher):
+    turns = _turns()
+    TeacherScorer(teacher, keep_hidden=False).score_turns(turns)
+    assert all(t.teacher_hidden is None and len(t.teacher_logprobs) == len(t.response_ids) for t in turns)
 
 
 def test_scoring_errors(teacher):
@@ -83,15 +98,18 @@ def test_scoring_errors(teacher):
     empty = make_turn(response_ids=[])
     scorer.score_turns([empty])
     assert empty.teacher_logprobs == [] and empty.confidence == []
+    with pytest.raises(ValueError, match="confidence kind 'peak'.*max_prob"):
+        TeacherScorer(teacher, "peak")
 
 
-def test_response_logits_is_differentiable_for_students():
+def test_selected_hidden_is_differentiable_for_students():
     spec = ModelSpec("tiny-random", seed=4, lora=LoraSpec(r=2, dropout=0.0), gradient_checkpointing=True)
     student = load_model(spec)
-    ids, attn, pos = pad_batch([[1, 5, 6, 7], [1, 8]], [[2, 3], [1]])
-    out = response_logits(student, ids, attn, pos)
-    assert out.shape == (2, 2, 49152)
-    out[pos >= 1].logsumexp(-1).sum().backward()
+    ids, attn = pad_right([[1, 5, 6, 7], [1, 8]])
+    targets = torch.tensor([[0, 0, 1, 1], [0, 1, 0, 0]], dtype=torch.bool)
+    hidden = selected_hidden(student, ids, attn, predicting(targets))
+    assert hidden.shape == (3, 64)
+    hidden.square().sum().backward()
     grads = [p.grad for n, p in student.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None for g in grads)
 

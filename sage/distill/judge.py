@@ -16,8 +16,11 @@ from collections.abc import Sequence
 
 import torch
 
+from sage.distill.divergence import target_logprobs
+from sage.distill.fused import head_logits
 from sage.distill.judge_prompt import JudgePrompt
-from sage.distill.teacher import budget_batches, model_device, pad_batch, response_logits, token_logprobs
+from sage.forward import budget_batches, model_device, output_head, pad_right, predicting, selected_hidden
+from sage.rollout.chat import ChatCodec
 from sage.rollout.records import Episode, Turn
 
 JUDGE_MODES = ("teacher_judge", "always", "feedback_rule")
@@ -100,11 +103,7 @@ class TurnJudge:
         msgs = self.prompt.messages(
             self.labels, episode.task, history, t.observation, t.response_text, t.feedback, t.action, t.admissible
         )
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        else:  # base models: plain text
-            text = "\n\n".join(m["content"] for m in msgs) + "\n"
-        return text + self.prompt.answer_prefix
+        return ChatCodec(self.tokenizer, self.prompt.chat_template_kwargs or {}).render(msgs) + self.prompt.answer_prefix
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -138,23 +137,33 @@ class TurnJudge:
         n_lab = len(label_ids)
         first_token = self.use_first_token(label_ids)
         if first_token:  # one row per prompt; the first label token is predicted from the prompt's last token
-            seqs, positions = prompts, [[len(p)] for p in prompts]
+            seqs, positions = prompts, None
         else:  # one row per (prompt, label), row-major
             seqs = [p + ids for p in prompts for ids in label_ids]
             positions = [range(len(p), len(p) + len(ids)) for p in prompts for ids in label_ids]
         device = model_device(self.model)
+        head = output_head(self.model)
         first = torch.tensor([ids[0] for ids in label_ids], device=device)
-        out = torch.zeros(len(seqs), n_lab if first_token else 1)
+        out = torch.zeros(len(seqs), n_lab if first_token else 1, dtype=torch.float64)
         for batch in budget_batches([len(s) for s in seqs], max_tokens=1 << 62, max_rows=self.max_batch):
-            ids, attn, pos = pad_batch([seqs[i] for i in batch], [positions[i] for i in batch], device)
-            logits = response_logits(self.model, ids, attn, pos)
-            if first_token:
-                lp = torch.log_softmax(logits[:, 0].float(), dim=-1)[:, first]
+            ids, attn = pad_right([seqs[i] for i in batch], device=device)
+            targets = torch.zeros_like(ids, dtype=torch.bool)
+            if first_token:  # the label's first token would follow the prompt's last one
+                select = targets.clone()
+                select[torch.arange(len(batch)), torch.tensor([len(seqs[i]) - 1 for i in batch])] = True
             else:
-                valid = pos >= 1
-                targets = ids.gather(1, pos.clamp(max=ids.shape[1] - 1)) * valid
-                lp = (token_logprobs(logits, targets) * valid).sum(-1, keepdim=True)
-            out[torch.tensor(batch)] = lp.cpu()
+                for r, i in enumerate(batch):
+                    targets[r, list(positions[i])] = True
+                select = predicting(targets)
+            hidden = selected_hidden(self.model, ids, attn, select)
+            logits = head_logits(hidden, head)  # float32, one row per scored position, rows in batch order
+            if first_token:
+                lp = torch.log_softmax(logits, dim=-1)[:, first]
+            else:
+                per_token = target_logprobs(logits, ids[targets])
+                counts = targets.sum(1).tolist()
+                lp = torch.stack([part.sum() for part in per_token.split(counts)])[:, None]
+            out[torch.tensor(batch)] = lp.double().cpu()
         return out.view(len(prompts), n_lab)
 
     def _judge_with_teacher(self, episodes: Sequence[Episode]) -> None:

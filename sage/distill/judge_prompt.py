@@ -7,6 +7,7 @@ never the won/done flag or a reward: the gate must stay verifier-free (METHOD.md
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 SYSTEM = (
     "You are an expert household agent supervising a student agent in ALFWorld, a text-based household "
@@ -57,6 +58,7 @@ class JudgePrompt:
     no_history: str = "(none: this is the first turn)"
     label_guide: dict[str, str] = field(default_factory=lambda: dict(LABEL_GUIDE))
     answer_prefix: str = ""
+    chat_template_kwargs: dict[str, Any] | None = None  # e.g. {enable_thinking: false} for Qwen3
 
     def messages(
         self,

@@ -40,7 +40,7 @@ def _check_normalize(normalize: str) -> None:
         raise ValueError(f"unknown loss normalization {normalize!r}; expected one of {NORMALIZE_KINDS}")
 
 
-def _weights(mask: Tensor, gate: Tensor, confidence: Tensor) -> Tensor:
+def token_weights(mask: Tensor, gate: Tensor, confidence: Tensor) -> Tensor:
     """g * kappa * mask, detached, exactly 0 off the mask (so NaN gates on padding cannot leak)."""
     mask = mask.detach()
     w = gate.detach() * confidence.detach() * mask
@@ -59,7 +59,7 @@ def step_denominator(
     dtype = torch.promote_types(torch.promote_types(gate.dtype, confidence.dtype), torch.float32)
     if normalize == "opd":
         return mask.detach().to(dtype).sum()
-    return _weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype)).sum()
+    return token_weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype)).sum()
 
 
 def weighted_loss(
@@ -77,7 +77,7 @@ def weighted_loss(
     value or the gradient.
     """
     dtype = torch.promote_types(token_loss.dtype, torch.float32)
-    w = _weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype))
+    w = token_weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype))
     active = w != 0
     loss = torch.where(active, token_loss.to(dtype), torch.zeros((), dtype=dtype, device=token_loss.device))
     denom = torch.as_tensor(denominator, dtype=dtype, device=token_loss.device).detach().clamp(min=eps)
@@ -93,6 +93,7 @@ class LossSpec:
     temperature: float = 1.0
     normalize: Literal["weighted", "opd"] = "weighted"
     eps: float = 1e-8
+    chunk_tokens: int = 1024  # tokens per chunk of the full-vocabulary loss (peak memory ~ 32 B x chunk x vocab)
 
     def __post_init__(self) -> None:
         if self.divergence not in DIVERGENCE_KINDS:
@@ -105,3 +106,5 @@ class LossSpec:
             raise ValueError(f"loss.temperature={self.temperature!r} must be > 0")
         if not self.eps > 0:
             raise ValueError(f"loss.eps={self.eps!r} must be > 0")
+        if self.chunk_tokens < 1:
+            raise ValueError(f"loss.chunk_tokens={self.chunk_tokens!r} must be >= 1")

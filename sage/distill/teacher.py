@@ -1,8 +1,13 @@
-"""Teacher scoring of the student's tokens: log pi_T(y_k | c, y_<k) and confidence kappa_k per response token.
+"""The teacher's one pass over the student's tokens (METHOD.md kappa): per response token its log-prob
+log pi_T(y_k | c, y_<k), its confidence kappa_k, and its final hidden state.
 
-Forwards are batched under a token budget with right padding (no position-id bookkeeping, no fully
-masked rows), and the LM head only runs from the first scored position on (``logits_to_keep``): with
-a 150k vocabulary, logits over a long context would cost far more memory than the forward itself.
+The hidden state is what the training loss needs from the teacher: the step recomputes the teacher's
+fp32 logits from it in chunks (`sage.distill.fused`), so the teacher decoder runs once per trained
+token, here, instead of again in every training micro-batch. Kept on the host (bf16 under bf16
+autocast: hidden size x 2 bytes per token, ~1/40 of the logits it stands for at a 150k vocabulary).
+
+Forwards are batched under a token budget with right padding and no KV cache; the LM head runs in
+float32 on the scored positions only.
 """
 
 from __future__ import annotations
@@ -12,78 +17,24 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sage.distill.confidence import teacher_confidence
+from sage.distill.confidence import CONFIDENCE_KINDS
+from sage.distill.fused import teacher_token_stats
+from sage.forward import budget_batches, model_device, output_head, pad_right, predicting, selected_hidden
 from sage.rollout.records import Episode, Turn
 
 
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
-    """Indices grouped longest-first so that rows x longest length <= max_tokens (a longer row goes alone).
-
-    Sorting by length also keeps the rows of a batch alike, so padding and kept logits stay small."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    batches: list[list[int]] = []
-    for i in order:
-        cur = batches[-1] if batches else None
-        if cur is None or (len(cur) + 1) * lengths[cur[0]] > max_tokens or (max_rows and len(cur) >= max_rows):
-            batches.append([i])
-        else:
-            cur.append(i)
-    return batches
-
-
-def pad_batch(
-    seqs: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], device=None, pad_id: int = 0
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded ``input_ids``/``attention_mask`` ``[B, S]`` and target ``positions`` ``[B, N]`` (0 = none)."""
-    width = max(len(s) for s in seqs)
-    n = max((len(p) for p in positions), default=0)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    pos = torch.zeros((len(seqs), max(n, 1)), dtype=torch.long)
-    for i, (s, p) in enumerate(zip(seqs, positions, strict=True)):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        attn[i, : len(s)] = 1
-        if len(p):
-            pos[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
-    return ids.to(device), attn.to(device), pos.to(device)
-
-
-def response_logits(model, input_ids: Tensor, attention_mask: Tensor, positions: Tensor, vocab_rows: int | None = None):
-    """Logits ``[B, N, V]`` where entry (b, n) predicts the token at ``positions[b, n]`` (it comes from
-    position - 1). Entries with position < 1 are padding and hold arbitrary values. Differentiable:
-    training can use it for the student too. ``vocab_rows`` keeps only the first V logit columns."""
-    valid = positions >= 1
-    src = (positions - 1).clamp(min=0)
-    seq_len = input_ids.shape[1]
-    start = int(src[valid].min()) if bool(valid.any()) else seq_len - 1
-    if bool(valid.any()) and int(src[valid].max()) >= seq_len:
-        raise ValueError("a target position is more than one past the end of its sequence")
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=seq_len - start)
-    logits = out.logits
-    if vocab_rows is not None:
-        logits = logits[..., :vocab_rows]
-    rel = torch.where(valid, src - start, torch.zeros_like(src))
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(-1)
-    return logits[rows, rel]
-
-
-def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
-    """log softmax(logits / T)[target] in float32, without materializing the full log-softmax."""
-    z = logits.float() / temperature
-    if targets.numel() and int(targets.max()) >= z.shape[-1]:
-        raise ValueError(f"a target token id is >= the {z.shape[-1]} scored vocabulary rows")
-    return z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+def finish_confidence(kappa: list[float], minimum: float, turn_average: bool) -> list[float]:
+    """One turn's kappa: optionally replaced by its mean over the turn, then floored at ``minimum``."""
+    if turn_average and kappa:
+        kappa = [sum(kappa) / len(kappa)] * len(kappa)
+    return [max(minimum, k) for k in kappa]
 
 
 class TeacherScorer:
-    """Fills ``Turn.teacher_logprobs`` and ``Turn.confidence`` (METHOD.md kappa) with a frozen teacher.
+    """Fills ``Turn.teacher_logprobs``, ``Turn.confidence`` and (``keep_hidden``) ``Turn.teacher_hidden``.
 
-    ``vocab_rows``: logit columns shared with the student (see `sage.models.check_tokenizers`); both
-    the log-probs and kappa are computed over those columns only. ``temperature`` applies to both.
+    ``vocab_rows``: logit columns shared with the student (see `sage.models.check_tokenizers`); log-probs
+    and kappa use those columns only. ``temperature`` applies to both.
     """
 
     def __init__(
@@ -95,9 +46,13 @@ class TeacherScorer:
         temperature: float = 1.0,
         vocab_rows: int | None = None,
         max_batch_tokens: int = 8192,
+        keep_hidden: bool = True,
+        chunk_tokens: int = 1024,
     ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if confidence_kind not in CONFIDENCE_KINDS:
+            raise ValueError(f"unknown confidence kind {confidence_kind!r}; expected one of {CONFIDENCE_KINDS}")
         self.model = model
         self.confidence_kind = confidence_kind
         self.confidence_min = confidence_min
@@ -105,31 +60,33 @@ class TeacherScorer:
         self.temperature = temperature
         self.vocab_rows = vocab_rows
         self.max_batch_tokens = max_batch_tokens
+        self.keep_hidden = keep_hidden
+        self.chunk_tokens = chunk_tokens
 
     @torch.no_grad()
-    def _score(self, seqs, positions, turn_ids=None) -> list[tuple[list[float], list[float]]]:
-        """For each sequence: (log-probs, kappa) of the tokens at its positions (predicted from pos - 1)."""
+    def _score(self, seqs, positions) -> list[tuple[list[float], list[float], Tensor]]:
+        """For each sequence: (log-probs, raw kappa, hidden [n, H]) of the tokens at its positions (each
+        predicted from the position before it; positions increase within a sequence)."""
         results: list = [None] * len(seqs)
         device = model_device(self.model)
+        head = output_head(self.model)
         for batch in budget_batches([len(s) for s in seqs], self.max_batch_tokens):
-            ids, attn, pos = pad_batch([seqs[i] for i in batch], [positions[i] for i in batch], device)
-            valid = pos >= 1
-            logits = response_logits(self.model, ids, attn, pos, self.vocab_rows)
-            targets = ids.gather(1, pos.clamp(max=ids.shape[1] - 1)) * valid
-            logp = token_logprobs(logits, targets, self.temperature)
-            tids = None
-            if turn_ids is not None:
-                tids = torch.full_like(pos, -1)
-                for r, i in enumerate(batch):
-                    tids[r, : len(turn_ids[i])] = torch.tensor(turn_ids[i], dtype=torch.long)
-            kappa = teacher_confidence(
-                logits, self.confidence_kind, self.confidence_min, self.turn_average,
-                mask=valid, turn_ids=tids, temperature=self.temperature,
-            )
-            logp, kappa = logp.cpu(), kappa.cpu()
+            ids, attn = pad_right([seqs[i] for i in batch], device=device)
+            targets = torch.zeros_like(ids, dtype=torch.bool)
             for r, i in enumerate(batch):
+                targets[r, list(positions[i])] = True
+            hidden = selected_hidden(self.model, ids, attn, predicting(targets))
+            kappa, logp = teacher_token_stats(
+                hidden, head, ids[targets], self.vocab_rows, self.temperature, self.confidence_kind, self.chunk_tokens
+            )
+            kappa, logp = kappa.cpu().tolist(), logp.cpu().tolist()
+            hidden = hidden.cpu() if self.keep_hidden else None
+            start = 0
+            for i in batch:
                 n = len(positions[i])
-                results[i] = (logp[r, :n].tolist(), kappa[r, :n].float().tolist())
+                h = hidden[start : start + n] if hidden is not None else None
+                results[i] = (logp[start : start + n], kappa[start : start + n], h)
+                start += n
         return results
 
     def score_turns(self, turns: Sequence[Turn]) -> None:
@@ -145,8 +102,10 @@ class TeacherScorer:
                 )
         seqs = [list(t.context_ids) + list(t.response_ids) for t in turns]
         positions = [range(len(t.context_ids), len(s)) for t, s in zip(turns, seqs, strict=True)]
-        for t, (logp, kappa) in zip(turns, self._score(seqs, positions), strict=True):
-            t.teacher_logprobs, t.confidence = logp, kappa
+        for t, (logp, kappa, hidden) in zip(turns, self._score(seqs, positions), strict=True):
+            t.teacher_logprobs = logp
+            t.confidence = finish_confidence(kappa, self.confidence_min, self.turn_average)
+            t.teacher_hidden = hidden
 
     def score_episodes(self, episodes: Sequence[Episode]) -> None:
         """Transcript mode: one row per episode sequence; each turn gets the scores at its own tokens."""
@@ -161,7 +120,7 @@ class TeacherScorer:
             seqs.append(e.sequence_ids)
             positions.append(pos)
             turn_ids.append([e.turn_index[j] for j in pos])
-        for e, tids, (logp, kappa) in zip(eps, turn_ids, self._score(seqs, positions, turn_ids), strict=True):
+        for e, tids, (logp, kappa, hidden) in zip(eps, turn_ids, self._score(seqs, positions), strict=True):
             for k, t in enumerate(e.turns):
                 idx = [n for n, tid in enumerate(tids) if tid == k]
                 if len(idx) != len(t.response_ids):
@@ -170,7 +129,8 @@ class TeacherScorer:
                         f"but {len(t.response_ids)} response_ids"
                     )
                 t.teacher_logprobs = [logp[n] for n in idx]
-                t.confidence = [kappa[n] for n in idx]
+                t.confidence = finish_confidence([kappa[n] for n in idx], self.confidence_min, self.turn_average)
+                t.teacher_hidden = hidden[idx[0] : idx[-1] + 1] if hidden is not None and idx else None
 
     def score(self, episodes: Sequence[Episode]) -> None:
         """Score every turn: transcript episodes (with ``sequence_ids``) as sequences, others turn by turn."""

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
 class ChatCodec:
-    """Renders chat messages with the tokenizer's own template and encodes text without extra specials."""
+    """Renders chat messages with the tokenizer's own template and encodes text without extra specials.
+
+    ``template_kwargs`` go to the template (e.g. ``{"enable_thinking": False}`` for Qwen3). A tokenizer
+    without a chat template (a base model) gets the messages' contents as plain paragraphs."""
 
     tokenizer: object
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            return "\n\n".join(m["content"] for m in messages) + "\n"
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **self.template_kwargs
         )
 
     def encode(self, text: str) -> list[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sage.envs import GameInfo, PromptBuilder, parse_action
 from sage.rollout.chat import ChatCodec, Transcript
@@ -35,6 +36,7 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     max_context_tokens: int = 4096
+    chat_template_kwargs: dict[str, Any] | None = None  # e.g. {enable_thinking: false} for Qwen3
 
     def __post_init__(self) -> None:
         if self.context_mode not in CONTEXT_MODES:
@@ -84,7 +86,7 @@ def rollout(
     if not games:
         return []
     policy.end_sessions(list(range(len(games))))  # session ids are slot numbers: forget older episodes
-    codec = ChatCodec(tokenizer)
+    codec = ChatCodec(tokenizer, cfg.chat_template_kwargs or {})
     params = cfg.sampling(greedy)
     transcript = cfg.context_mode == "transcript"
     slots: list[_Slot] = []

@@ -6,7 +6,8 @@ the DataModule turns them into padded tensors.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -37,6 +38,9 @@ class Turn:
     gate_probs: dict[str, float] | None = None
     confidence: list[float] | None = None  # kappa_{t,k}, one per response token
     teacher_logprobs: list[float] | None = None  # log pi_T(y_{t,k} | h_{t,k})
+    # The teacher's final hidden state at each response token's predicting position ([n, H] tensor on the
+    # host): the training loss recomputes the teacher's logits from it, so the teacher runs once per token.
+    teacher_hidden: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -63,15 +67,3 @@ class Episode:
     @property
     def success(self) -> bool:
         return self.won and self.error is None
-
-    def to_dict(self, with_ids: bool = False) -> dict:
-        d = asdict(self)
-        if not with_ids:
-            for key in ("sequence_ids", "student_mask", "turn_index"):
-                d.pop(key)
-            for t in d["turns"]:
-                t.pop("context_ids")
-                t.pop("response_ids")
-                t.pop("logprobs")
-                t.pop("teacher_logprobs")
-        return d
