@@ -2,8 +2,9 @@
 
 Game and model text is only ever inserted with `textContent`, never parsed as HTML. Turns are built
 when their episode is first expanded. URL flags for scripted checks: `?open=I` expands episode I,
-`?all=1` expands every episode; `<body>` then carries `data-rendered-turns` and the timings
-`data-open-ms` (page start to list drawn), `data-render-one-ms`, `data-render-all-ms`.
+`?all=1` every episode, `?hover=E,T,K` shows the tooltip of token K of turn T of episode E. `<body>`
+carries `data-rendered-turns` and the timings `data-open-ms` (navigation start to list drawn),
+`data-parse-ms`, `data-render-one-ms`, `data-render-all-ms`.
 """
 
 CSS = r"""
@@ -36,7 +37,7 @@ main { padding:10px 20px 40px; }
 .ep-head:hover { background:#f2f6fb; }
 .ep-head .caret { width:10px; color:var(--mute); }
 .ep-head .idx { color:var(--mute); width:54px; }
-.ep-head .tt { width:190px; color:#3a4654; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
+.ep-head .tt { width:250px; color:#3a4654; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
 .ep-head .task { flex:1; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
 .ep-head .len { width:64px; text-align:right; color:var(--mute); }
 .ep-head .kap { width:60px; text-align:right; color:var(--mute); }
@@ -208,11 +209,11 @@ JS = r"""
     var a = el("span", null, "token background: teacher confidence κ  0"); a.appendChild(el("span", "ramp"));
     a.appendChild(document.createTextNode("1"));
     lg.appendChild(a);
-    lg.appendChild(el("span", null, "hover a token: κ, log πs(y) (sampling), log πT(y), log-ratio log πs − log πT"));
+    lg.appendChild(el("span", null, "hover a token for κ, log πs(y), log πT(y) and log πs − log πT"));
     var g = el("span", null, "gate: ");
     ["SKIP", "WEAK", "STRONG", "ALWAYS"].forEach(function (lab) { var b = gateBadge(lab); b.style.marginRight = "4px"; g.appendChild(b); });
     lg.appendChild(g);
-    lg.appendChild(el("span", null, "strip: one cell per turn, gate colour"));
+    lg.appendChild(el("span", null, "episode strip: one cell per turn"));
     return lg;
   }
 
@@ -311,7 +312,7 @@ JS = r"""
     tokenView(t, i, k).forEach(function (n) { right.appendChild(n); });
     var act = el("div", "action");
     act.appendChild(el("span", "lbl", "Action "));
-    act.appendChild(el("code", null, t.action));
+    act.appendChild(t.action ? el("code", null, t.action) : el("span", "note", "(none)"));
     var status;
     if (t.valid_format === false) status = el("span", "bad", "  no <action> parsed");
     else if (t.admissible && t.admissible.length) {
@@ -374,6 +375,14 @@ JS = r"""
     EPS.forEach(function (ep, i) { expand(i, true); });
     void body.offsetHeight;
     body.setAttribute("data-render-all-ms", (performance.now() - t2).toFixed(1));
+  }
+  if (params.has("hover")) {  // ?hover=E,T,K: the tooltip of token K of turn T of episode E
+    var h = params.get("hover").split(",");
+    var span = document.querySelector('pre[data-e="' + (+h[0]) + '"][data-t="' + (+h[1]) + '"] > span[data-k="' + (+h[2]) + '"]');
+    if (span) {
+      var r = span.getBoundingClientRect();
+      span.dispatchEvent(new MouseEvent("mouseover", { bubbles: true, clientX: r.left + r.width / 2, clientY: r.bottom - 4 }));
+    }
   }
 })();
 """
