@@ -115,7 +115,7 @@ JS = r"""
     var h = el("header");
     h.appendChild(el("h1", null, DATA.title || "episodes"));
     var nTurns = 0; EPS.forEach(function (e) { nTurns += e.turns.length; });
-    h.appendChild(el("div", "sub", EPS.length + " episodes · " + nTurns + " turns · training rollouts (sampled)"));
+    h.appendChild(el("div", "sub", EPS.length + " episodes · " + nTurns + " turns · training episodes"));
     var epochs = Object.keys(DATA.summary || {}).sort(function (a, b) { return a - b; });
     if (!epochs.length) return h;
     var tab = el("table", "summary"), tr = el("tr");
@@ -172,6 +172,7 @@ JS = r"""
     bar.addEventListener("change", onFilter);
     bar.addEventListener("input", onFilter);
     var ex = el("button", null, "Expand shown"), co = el("button", null, "Collapse all");
+    ex.title = "renders every turn of the shown episodes (a paper-scale epoch takes seconds)";
     ex.addEventListener("click", function () { rows.forEach(function (r, i) { if (r.style.display !== "none") expand(i, true); }); });
     co.addEventListener("click", function () { rows.forEach(function (r, i) { expand(i, false); }); });
     bar.appendChild(ex); bar.appendChild(co);
@@ -308,7 +309,7 @@ JS = r"""
       d.appendChild(list);
       left.appendChild(d);
     }
-    right.appendChild(el("div", "lbl", "Student response"));
+    right.appendChild(el("div", "lbl", "Response"));
     tokenView(t, i, k).forEach(function (n) { right.appendChild(n); });
     var act = el("div", "action");
     act.appendChild(el("span", "lbl", "Action "));
