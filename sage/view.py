@@ -12,6 +12,7 @@ import argparse
 import csv
 import html
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -130,9 +131,25 @@ def load_run(run_dir, epoch: int | None = None) -> tuple[list[dict], dict[int, d
     return episodes, summary
 
 
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def embed_json(obj) -> str:
-    """JSON safe inside <script>: every `<` escaped, so no game text can close the tag or open a comment."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
+    """JSON safe inside <script>: every `<` escaped, so no game text can close the tag or open a comment;
+    NaN/inf (which JSON.parse rejects) become null, shown as n/a."""
+    kw = {"separators": (",", ":"), "ensure_ascii": False, "allow_nan": False}
+    try:
+        text = json.dumps(obj, **kw)
+    except ValueError:
+        text = json.dumps(_finite(obj), **kw)
+    return text.replace("<", "\\u003c")
 
 
 def build_html(episodes: list[dict], title: str, summary: dict | None = None) -> str:

@@ -271,7 +271,7 @@ JS = r"""
     for (var j = 0; j < toks.length; j++) {
       var s = el("span", /^<\|.*\|>$/.test(toks[j]) ? "tok special" : "tok", toks[j]);
       s.setAttribute("data-k", j);
-      if (conf && j < conf.length) {
+      if (conf && j < conf.length && conf[j] !== null) {
         s.style.background = shade(conf[j]);
         if (conf[j] < 0.3) s.style.color = "#fff";
       }

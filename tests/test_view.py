@@ -99,6 +99,16 @@ def test_old_records_without_per_token_data_still_build(episodes):
     assert embedded(build_html(old, "old"))["episodes"] == old
 
 
+def test_non_finite_numbers_become_null():
+    turn = {"step": 0, "response": "x", "tokens": ["x"], "confidence": [float("nan")], "logprob": [float("-inf")],
+            "teacher_logprob": [-1.0], "feedback": "", "action": "", "gate_label": "WEAK", "gate": 0.5}
+    rec = {"epoch": 0, "game_id": "g", "task_type": "t", "task": "", "won": False, "turns": [turn]}
+    data = re.search(r'id="sage-data">(.*?)</script>', build_html([rec], "nan"), re.S).group(1)
+    assert "NaN" not in data and "Infinity" not in data  # JSON.parse would reject the page
+    got = json.loads(data)["episodes"][0]["turns"][0]
+    assert got["confidence"] == [None] and got["logprob"] == [None] and got["teacher_logprob"] == [-1.0]
+
+
 def _run_dir(tmp_path, eps, tok):
     run = tmp_path / "run" / "version_0"
     write_jsonl(run / "episodes" / "epoch_000.jsonl", eps[:1], 0, tokenizer=tok)
