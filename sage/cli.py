@@ -47,6 +47,11 @@ def main() -> None:
 
         experiment_main(sys.argv[2:])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "view":
+        from sage.view import main as view_main
+
+        view_main(sys.argv[2:])
+        return
     cli()
 
 
