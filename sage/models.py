@@ -25,7 +25,10 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_VOCAB = 49152
 SMOLLM2_BOS, SMOLLM2_EOS = 1, 2  # <|im_start|>, <|im_end|> (also the pad token)
 MODEL_MAX_LENGTH = 8192
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# float64 is for exactness tests: comparisons across batch shapes or code paths that math says are equal.
+DTYPES = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64,
+}
 
 
 class TokenizerMismatchError(ValueError):
