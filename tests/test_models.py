@@ -54,6 +54,7 @@ def test_frozen_teacher():
 
 def test_dtype_and_errors(tmp_path):
     assert next(load_model("tiny-random", dtype="bfloat16").parameters()).dtype == torch.bfloat16
+    assert next(load_model("tiny-random", dtype="float64").parameters()).dtype == torch.float64
     with pytest.raises(ValueError, match="dtype"):
         load_model("tiny-random", dtype="float8")
     with pytest.raises(FileNotFoundError, match="no such folder"):
