@@ -222,7 +222,9 @@ class SageModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        keep = {f"student.{n}" for n, p in self.student.named_parameters() if p.requires_grad}
-        unknown = [k for k in checkpoint["state_dict"] if k not in keep]
-        if unknown:
-            raise ValueError(f"checkpoint holds weights this student does not train, e.g. {unknown[:3]}")
+        """Refuse a checkpoint of another student (loading is non-strict, so it would load partially)."""
+        from sage.models import check_student_state
+
+        expected = {f"student.{n}": p.shape for n, p in self.student.named_parameters() if p.requires_grad}
+        source = checkpoint.get("hyper_parameters", {}).get("student")
+        check_student_state(expected, checkpoint["state_dict"], self.hparams.get("student"), source)
