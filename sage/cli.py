@@ -79,6 +79,18 @@ def cli(args=None, run: bool = True) -> SageCLI:
     )
 
 
+def _message(exc: BaseException) -> str:
+    """The error's message. jsonargparse reports a value refused by an optional typed section (e.g.
+    ``gate: GateSpec | None``) as a list of every union member's complaint; keep the class's own."""
+    text = str(exc)
+    if text.startswith("Does not validate against any of the Union subtypes"):
+        reasons = [line.strip()[2:] for line in text.splitlines()
+                   if line.strip().startswith("- ") and "NoneType" not in line]
+        if reasons:
+            return "; ".join(reasons)
+    return text
+
+
 def main() -> None:
     try:
         if len(sys.argv) > 1 and sys.argv[1] == "experiment":
@@ -90,7 +102,7 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("SAGE_TRACEBACK") or not (isinstance(exc, InputError) or getattr(exc, "sage_config_error", False)):
             raise
-        print(f"sage: error: {exc}", file=sys.stderr, flush=True)
+        print(f"sage: error: {_message(exc)}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
