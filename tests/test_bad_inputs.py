@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -328,6 +329,13 @@ def test_export_never_leaves_a_half_written_model(tmp_path, monkeypatch):
 
 
 # -- the hub -------------------------------------------------------------------------------------------
+def closed_port() -> int:
+    """A local port nobody listens on (bound once by us, then released): connecting is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _sage_subprocess(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "sage.cli", *args], cwd=cwd, env=env, capture_output=True,
@@ -340,10 +348,11 @@ def test_offline_hub_id_fails_fast_with_one_message(tmp_path, network):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")}
     env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache, whatever this machine has downloaded
     env.pop("HF_HUB_CACHE", None)
+    endpoint = f"http://127.0.0.1:{closed_port()}"
     if network == "HF_HUB_OFFLINE":
         env["HF_HUB_OFFLINE"] = "1"
-    else:  # online mode, but the hub does not answer (nothing listens on the discard port)
-        env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    else:  # online mode, but the hub does not answer (nothing listens there)
+        env["HF_ENDPOINT"] = endpoint
     args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"),
             "--model.student.name_or_path", "Qwen/Qwen2.5-1.5B-Instruct",
             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
@@ -354,7 +363,7 @@ def test_offline_hub_id_fails_fast_with_one_message(tmp_path, network):
     assert "Traceback" not in err and "Retry" not in err and err.count("sage: error:") == 1
     assert "'Qwen/Qwen2.5-1.5B-Instruct' is neither a local folder nor in the local Hugging Face cache" in err
     assert str(tmp_path / "hf" / "hub") in err and "HF_HOME" in err and "hf download Qwen/Qwen2.5-1.5B-Instruct" in err
-    assert ("HF_HUB_OFFLINE=1" if network == "HF_HUB_OFFLINE" else "http://127.0.0.1:9 cannot be reached") in err
+    assert ("HF_HUB_OFFLINE=1" if network == "HF_HUB_OFFLINE" else f"{endpoint} cannot be reached") in err
     assert seconds < 60  # a hang guard only: the hub client's retries took ~50 s here before
     assert not (tmp_path / "quickstart").exists()
 
@@ -367,7 +376,7 @@ def test_hub_id_in_the_local_cache_loads_offline(tmp_path):
     tiny_tokenizer().save_pretrained(snap)
     (hub / "refs").mkdir()
     (hub / "refs" / "main").write_text("0" * 40)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("HF_HUB_CACHE", None)
     code = ("from sage.models import load_model, load_tokenizer; m = load_model('sage-test/tiny'); "
