@@ -194,7 +194,8 @@ def build_steps(
 
 
 def flatten_steps(
-    steps: Sequence[StepData], denominators: Sequence[float], micro_per_step: Sequence[int]
+    steps: Sequence[StepData], denominators: Sequence[float], micro_per_step: Sequence[int],
+    weights: Sequence[float] | None = None,
 ) -> list[dict]:
     """One dataloader item per micro-batch, in step order, each carrying its step's *global*
     denominator. `micro_per_step[i]` >= the step's own micro-batches: the rest are empty items so
@@ -205,6 +206,8 @@ def flatten_steps(
         for k in range(max(n_micro, 1)):
             item = dict(mbs[k]) if k < len(mbs) else {}
             item["denominator"] = torch.tensor(float(denominators[i]))
+            # the step's global sum(g * kappa): 0 means no token is trained, so no optimizer update
+            item["step_weight"] = torch.tensor(float((denominators if weights is None else weights)[i]))
             item["step_end"] = k == max(n_micro, 1) - 1
             item["step_index"] = i
             items.append(item)

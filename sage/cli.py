@@ -3,16 +3,24 @@
 The ablation toggles, ALFWorld evaluation and transcript callbacks are always present and are set
 from top-level YAML keys `ablation:`, `evaluation:` and `transcripts:`. `sage experiment` runs a
 whole method x ablation x seed matrix (see `sage.experiment`).
+
+Bad input (see README, "When something is wrong") ends `sage` with one message and exit code 2: a bad
+key or value is rejected by the parser with the allowed ones; a value the classes refuse while being
+built, and every `sage.errors.InputError` (missing data, unknown model, offline hub id, tokenizer or
+checkpoint mismatch, corrupt game file), is printed alone, without a traceback (``SAGE_TRACEBACK=1``
+shows it).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from lightning.pytorch.cli import LightningCLI
 
 from callbacks import AblationToggles, AlfworldEvaluation, EpisodeTranscripts
 from sage.data import SageDataModule
+from sage.errors import InputError
 from sage.module import SageModule
 
 TRAINER_DEFAULTS = {
@@ -29,6 +37,36 @@ class SageCLI(LightningCLI):
         parser.add_lightning_class_args(AlfworldEvaluation, "evaluation")
         parser.add_lightning_class_args(EpisodeTranscripts, "transcripts")
 
+    def _parse_ckpt_path(self) -> None:
+        """Build the model the config describes, also with ``--ckpt_path``.
+
+        LightningCLI (>= 2.3) would replace every ``model`` option with the hyperparameters stored in the
+        checkpoint, silently overriding what the command line asked for (e.g. another student). Here the
+        configured student is built and a checkpoint that does not fit it is refused with
+        `sage.models.CheckpointMismatchError` (see `SageModule.on_load_checkpoint`)."""
+
+    def before_instantiate_classes(self) -> None:
+        """Check the ALFWorld data before any model is loaded: a missing or empty data root or split
+        fails in seconds, before anything is written, instead of after the models load."""
+        from sage.envs import find_games
+
+        cfg = self.config.get(str(self.subcommand), self.config)
+        data = cfg.get("data")
+        if data is None:
+            return
+        splits = list(data.get("val_splits") or ["valid_seen", "valid_unseen"])
+        if self.subcommand in (None, "fit"):
+            splits.append(data.get("train_split") or "train")
+        for split in dict.fromkeys(splits):
+            find_games(split, data.get("data_root"), limit=1)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, OSError) as exc:  # a value the classes refuse: the user's config, not a bug
+            exc.sage_config_error = True
+            raise
+
 
 def cli(args=None, run: bool = True) -> SageCLI:
     return SageCLI(
@@ -41,18 +79,36 @@ def cli(args=None, run: bool = True) -> SageCLI:
     )
 
 
+def _message(exc: BaseException) -> str:
+    """The error's message. jsonargparse reports a value refused by an optional typed section (e.g.
+    ``gate: GateSpec | None``) as a list of every union member's complaint; keep the class's own."""
+    text = str(exc)
+    if text.startswith("Does not validate against any of the Union subtypes"):
+        reasons = [line.strip()[2:] for line in text.splitlines()
+                   if line.strip().startswith("- ") and "NoneType" not in line]
+        if reasons:
+            return "; ".join(reasons)
+    return text
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "experiment":
-        from sage.experiment import main as experiment_main
+    try:
+        if len(sys.argv) > 1 and sys.argv[1] == "experiment":
+            from sage.experiment import main as experiment_main
 
-        experiment_main(sys.argv[2:])
-        return
-    if len(sys.argv) > 1 and sys.argv[1] == "view":
-        from sage.view import main as view_main
+            experiment_main(sys.argv[2:])
+            return
+        if len(sys.argv) > 1 and sys.argv[1] == "view":
+            from sage.view import main as view_main
 
-        view_main(sys.argv[2:])
-        return
-    cli()
+            view_main(sys.argv[2:])
+            return
+        cli()
+    except Exception as exc:
+        if os.environ.get("SAGE_TRACEBACK") or not (isinstance(exc, InputError) or getattr(exc, "sage_config_error", False)):
+            raise
+        print(f"sage: error: {_message(exc)}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

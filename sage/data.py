@@ -225,10 +225,11 @@ class SageDataModule(L.LightningDataModule):
         samples = transcript_samples(episodes) if self.transcript else window_samples(episodes)
         steps = build_steps(samples, self.samples_per_step, self.max_tokens, module.tokenizer.pad_token_id,
                             seed=self.seed + epoch)
-        dens, counts = align_steps(
-            [s.denominator(module.loss_spec.normalize) for s in steps], [len(s.micro_batches) for s in steps]
+        dens, counts, weights = align_steps(
+            [s.denominator(module.loss_spec.normalize) for s in steps], [len(s.micro_batches) for s in steps],
+            [s.denominator("weighted") for s in steps],
         )
-        items = flatten_steps(steps, dens, counts)
+        items = flatten_steps(steps, dens, counts, weights)
         for ep in episodes:  # the micro-batches hold their own copies of the teacher's hidden states
             for t in ep.turns:
                 t.teacher_hidden = None

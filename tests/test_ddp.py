@@ -35,7 +35,7 @@ def _episodes():
 def _step(module, samples, world_size):
     """One optimizer step's loss and gradient, the way training_step computes them."""
     steps = build_steps(samples, 100, 64, pad_id=2, seed=0)
-    dens, counts = align_steps([s.denominator(module.loss_spec.normalize) for s in steps],
+    dens, counts, _ = align_steps([s.denominator(module.loss_spec.normalize) for s in steps],
                                [len(s.micro_batches) for s in steps])
     module.student.zero_grad()
     total = torch.zeros((), dtype=torch.float64)

@@ -56,6 +56,7 @@ def test_frozen_teacher():
 
 def test_dtype_and_errors(tmp_path):
     assert next(load_model("tiny-random", dtype="bfloat16", trainable=False).parameters()).dtype == torch.bfloat16
+    assert next(load_model("tiny-random", dtype="float64").parameters()).dtype == torch.float64
     with pytest.raises(ValueError, match="dtype='float8'; allowed: auto, float32"):
         load_model("tiny-random", dtype="float8")
     with pytest.raises(ValueError, match="float32 master"):  # full fine-tuning needs float32 weights
@@ -194,3 +195,58 @@ def test_chat_template_kwargs_reach_the_template():
     msgs = [{"role": "user", "content": "hi"}]
     assert ChatCodec(tok).render(msgs) == "hi"
     assert ChatCodec(tok, {"enable_thinking": False}).render(msgs) == "hi<think></think>"
+
+
+def test_hub_probe_gives_up_within_its_timeout():
+    """An endpoint that refuses, and one that accepts the connection but never answers, both count as
+    unreachable, the second after the probe's timeout rather than the OS's."""
+    import socket
+    import time
+
+    from sage.models import _hub_unreachable
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connections queue in the backlog; nobody ever reads or answers
+        port = silent.getsockname()[1]
+        t0 = time.perf_counter()
+        reason = _hub_unreachable(f"http://127.0.0.1:{port}", timeout=0.5)
+        waited = time.perf_counter() - t0
+    assert reason is not None and f"http://127.0.0.1:{port}" in reason
+    assert waited < 5  # a hang guard: the probe is bounded by its own timeout (0.5 s)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert "cannot be reached" in _hub_unreachable(f"http://127.0.0.1:{closed}", timeout=0.5)
+
+
+def test_hub_id_online_goes_to_the_hub_client_as_before(monkeypatch):
+    """With a Hub that answers (here a local stand-in), a hub id is passed on unchanged, not local-only."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import huggingface_hub.constants
+
+    import sage.models as models
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setattr(models, "_HUB_STATUS", {})
+        assert models.hub_offline_reason() is None
+        assert models._local_or_hub("sage-test/not-downloaded") == ("sage-test/not-downloaded", False)
+    finally:
+        server.shutdown()
+        server.server_close()

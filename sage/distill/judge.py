@@ -19,6 +19,7 @@ import torch
 from sage.distill.divergence import target_logprobs
 from sage.distill.fused import head_logits
 from sage.distill.judge_prompt import JudgePrompt
+from sage.errors import InputError
 from sage.forward import budget_batches, model_device, output_head, pad_right, predicting, selected_hidden
 from sage.rollout.chat import ChatCodec
 from sage.rollout.records import Episode, Turn
@@ -26,6 +27,10 @@ from sage.rollout.records import Episode, Turn
 JUDGE_MODES = ("teacher_judge", "always", "feedback_rule")
 SCORING = ("auto", "first_token", "full")
 DEFAULT_WEIGHTS = {"SKIP": 0.0, "STRONG": 1.0, "INTERVENE": 1.0}  # WEAK: weak_weight
+
+
+class JudgeLabelError(InputError, ValueError):
+    """Judge labels that the teacher's tokenizer cannot tell apart (or that have no gate weight)."""
 
 
 def _norm_action(action: str) -> str:
@@ -119,16 +124,20 @@ class TurnJudge:
             full = self._encode(prompt_text + sep + label)
             ids = full[len(prefix):] if full[: len(prefix)] == prefix else self._encode(sep + label)
             if not ids:
-                raise ValueError(f"label {label!r} tokenizes to nothing")
+                raise JudgeLabelError(f"label {label!r} tokenizes to nothing")
             out.append(ids)
         if len({tuple(i) for i in out}) != len(out):
-            raise ValueError(f"labels {self.labels} are not distinguishable after tokenization")
+            ids = ", ".join(f"{label!r} -> {i}" for label, i in zip(self.labels, out, strict=True))
+            raise JudgeLabelError(
+                f"judge labels {list(self.labels)} are not distinguishable after tokenization ({ids}): the "
+                "teacher could not express a verdict. Use labels this tokenizer keeps apart (e.g. words it knows)"
+            )
         return out
 
     def use_first_token(self, label_ids: list[list[int]]) -> bool:
         distinct = len({ids[0] for ids in label_ids}) == len(label_ids)
         if self.scoring == "first_token" and not distinct:
-            raise ValueError(f"labels {self.labels} share a first token: use scoring='full' or 'auto'")
+            raise JudgeLabelError(f"labels {self.labels} share a first token: use scoring='full' or 'auto'")
         return self.scoring == "first_token" or (self.scoring == "auto" and distinct)
 
     @torch.no_grad()

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 GATE_MODES = ("teacher_judge", "always", "feedback_rule")
+# Judge labels usable from a config, and their gate g_t (the judge maps a label to its weight by name).
+GATE_LABELS = {"SKIP": "0", "WEAK": "weak_weight", "STRONG": "1", "INTERVENE": "1"}
 
 
 @dataclass
@@ -24,6 +26,13 @@ class GateSpec:
         if not 0.0 <= self.weak_weight <= 1.0:
             raise ValueError(f"gate.weak_weight={self.weak_weight} must be in [0, 1]")
         self.labels = tuple(self.labels)
+        allowed = ", ".join(f"{k} (gate {v})" for k, v in GATE_LABELS.items())
+        unknown = [x for x in self.labels if x not in GATE_LABELS]
+        if unknown or len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+            raise ValueError(
+                f"gate.labels={list(self.labels)}: need at least two distinct labels from {allowed}"
+                + (f"; unknown: {unknown}" if unknown else "")
+            )
 
 
 @dataclass

@@ -82,6 +82,7 @@ class AlfworldEnv:
         path = game.path if isinstance(game, GameInfo) else str(game)
         if not os.path.isfile(path):
             raise GameLoadError(f"ALFWorld game file {path!r} does not exist")
+        fix = "re-download the data (alfworld-download) or delete that game's trial folder"
         gc_was_enabled = gc.isenabled()
         gc.disable()  # loading allocates heavily; GC passes over all live games cost up to ~30% of it
         try:
@@ -93,7 +94,7 @@ class AlfworldEnv:
             obs, infos = self._gym.reset()
         except Exception as exc:
             self.close()  # a half-loaded engine must not be reused
-            raise GameLoadError(f"cannot load ALFWorld game file {path!r}: {exc!r}") from exc
+            raise GameLoadError(f"cannot load ALFWorld game file {path!r}: {exc!r}; {fix}") from exc
         finally:
             if gc_was_enabled:
                 gc.enable()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from sage.errors import InputError
+
 TASK_TYPES: tuple[str, ...] = (
     "pick_and_place_simple",
     "look_at_obj_in_light",
@@ -37,15 +39,15 @@ BUNDLED_ARCHIVE = Path(__file__).parent / "data" / "alfworld_subset.tar.xz"
 ALFWORLD_DEFAULT = Path("~/.cache/alfworld").expanduser()  # what `import alfworld` puts in $ALFWORLD_DATA
 
 
-class DataRootError(FileNotFoundError):
+class DataRootError(InputError, FileNotFoundError):
     """The data root (or a split folder under it) does not exist or holds no ALFWorld games."""
 
 
-class UnknownSplitError(ValueError):
+class UnknownSplitError(InputError, ValueError):
     """A split name that is neither a split nor an alias."""
 
 
-class GameLoadError(ValueError):
+class GameLoadError(InputError, ValueError):
     """A game file that cannot be read or started by the engine; the message names the file."""
 
 
@@ -142,7 +144,11 @@ def resolve_data_root(data_root: str | None = None) -> Path:
         return _split_parent(bundled_root())
     root = Path(data_root).expanduser()
     if not root.is_dir():
-        raise DataRootError(f"ALFWorld data root {str(root)!r} (from {source}) does not exist")
+        raise DataRootError(
+            f"ALFWorld data root {str(root)!r} (from {source}) does not exist: give a folder holding "
+            f"json_2.1.1/<split>/ (what `alfworld-download` fetches), or leave data_root and $ALFWORLD_DATA "
+            f"unset to use the bundled subset"
+        )
     found = _split_parent(root)
     if found is None:
         raise DataRootError(

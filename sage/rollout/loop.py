@@ -8,6 +8,10 @@ Context modes:
 - ``transcript`` (verl agent-loop style): the episode is one append-only chat; the generator reuses
   the episode's KV cache so only new tokens are prefilled. An episode whose transcript plus the next
   answer would exceed ``max_context_tokens`` ends there, not won, with ``Episode.truncated`` set.
+
+A limit below the first prompt: ``window`` left-truncates it (the task text may be cut) and logs a
+warning; ``transcript`` ends such an episode before its first turn (no turns, truncated) with a warning,
+and raises `ContextLimitError` when no game of the rollout fits, since nothing could be played.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sage.envs import GameInfo, PromptBuilder, parse_action
+from sage.errors import InputError
 from sage.rollout.chat import ChatCodec, Transcript
 from sage.rollout.generation import Generator, SamplingParams
 from sage.rollout.records import Episode, Turn
@@ -26,11 +31,15 @@ log = logging.getLogger(__name__)
 CONTEXT_MODES = ("window", "transcript")
 
 
+class ContextLimitError(InputError, ValueError):
+    """``max_context_tokens`` leaves no room for any game's first prompt (transcript mode)."""
+
+
 @dataclass
 class RolloutConfig:
     """How the student plays. `max_steps` is enforced by the environment pool."""
 
-    context_mode: str = "window"
+    context_mode: Literal["window", "transcript"] = "window"
     history_len: int = 2
     temperature: float = 1.0
     top_p: float = 1.0
@@ -43,6 +52,13 @@ class RolloutConfig:
             raise ValueError(f"context_mode={self.context_mode!r}; allowed: {', '.join(CONTEXT_MODES)}")
         if self.history_len < 0:
             raise ValueError(f"history_len must be >= 0, got {self.history_len}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_context_tokens <= self.max_new_tokens:
+            raise ValueError(
+                f"rollout.max_context_tokens={self.max_context_tokens} leaves no room for a prompt beside "
+                f"rollout.max_new_tokens={self.max_new_tokens}: it must be larger (prompts take ~300-1000 tokens)"
+            )
 
     def sampling(self, greedy: bool) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_p, self.max_new_tokens, greedy=greedy)
@@ -58,8 +74,11 @@ class _Slot:
     done: bool = False
 
 
-def _window_prompt(slot: _Slot, prompt: PromptBuilder, codec: ChatCodec, cfg: RolloutConfig) -> list[int]:
-    """Shorten the history until the prompt fits, then left-truncate as the last resort."""
+def _window_prompt(
+    slot: _Slot, prompt: PromptBuilder, codec: ChatCodec, cfg: RolloutConfig, overflow: dict[str, int]
+) -> list[int]:
+    """Shorten the history until the prompt fits, then left-truncate as the last resort (recording the
+    untruncated length per game in ``overflow``)."""
     ep = slot.episode
     for n in range(min(cfg.history_len, len(slot.history)), -1, -1):
         hist = slot.history[-n:] if n else []
@@ -68,8 +87,15 @@ def _window_prompt(slot: _Slot, prompt: PromptBuilder, codec: ChatCodec, cfg: Ro
         if len(ids) + cfg.max_new_tokens <= cfg.max_context_tokens:
             return ids
     ep.truncated = True
+    overflow[ep.game_id] = max(overflow.get(ep.game_id, 0), len(ids))
     keep = max(1, cfg.max_context_tokens - cfg.max_new_tokens)
     return ids[-keep:]
+
+
+def _limit_hint(cfg: RolloutConfig, longest: int) -> str:
+    return (f"max_context_tokens={cfg.max_context_tokens} minus max_new_tokens={cfg.max_new_tokens} leaves "
+            f"{cfg.max_context_tokens - cfg.max_new_tokens} prompt tokens; set data.rollout.max_context_tokens "
+            f">= {longest + cfg.max_new_tokens} to avoid this")
 
 
 def rollout(
@@ -98,10 +124,14 @@ def rollout(
         slots.append(slot)
 
     turn_no = 0
+    overflow: dict[str, int] = {}  # window mode: game id -> longest prompt that had to be left-truncated
     while True:
         active = [i for i, s in enumerate(slots) if not s.done]
         if transcript:
-            active = _drop_overlong(slots, active, policy, cfg)
+            kept = _drop_overlong(slots, active, policy, cfg)
+            if turn_no == 0 and len(kept) < len(active):
+                _first_prompt_overflow(slots, active, kept, cfg)
+            active = kept
         if not active:
             break
         if on_turn is not None:
@@ -110,7 +140,7 @@ def rollout(
             prompts = [slots[i].transcript.ids for i in active]
             gens = policy.generate(prompts, params, session_ids=active, keep_cache=True)
         else:
-            prompts = [_window_prompt(slots[i], prompt, codec, cfg) for i in active]
+            prompts = [_window_prompt(slots[i], prompt, codec, cfg, overflow) for i in active]
             gens = policy.generate(prompts, params, session_ids=active)
         parsed = [parse_action(g.text) for g in gens]
         actions: list[str | None] = [None] * len(slots)
@@ -144,6 +174,12 @@ def rollout(
             policy.end_sessions([i for i in active if slots[i].done])
         turn_no += 1
 
+    if overflow:
+        log.warning(
+            "window mode: %d of %d episodes had a prompt too long even without history (longest %d tokens); "
+            "it was left-truncated, so the task text may be cut (Episode.truncated). %s",
+            len(overflow), len(slots), max(overflow.values()), _limit_hint(cfg, max(overflow.values())),
+        )
     episodes = [s.episode for s in slots]
     if transcript:
         for s in slots:
@@ -164,6 +200,25 @@ def _drop_overlong(slots: list[_Slot], active: list[int], policy: Generator, cfg
     if drop:
         policy.end_sessions(drop)
     return keep
+
+
+def _first_prompt_overflow(slots: list[_Slot], active: list[int], kept: list[int], cfg: RolloutConfig) -> None:
+    """Transcript mode, before the first turn: episodes whose first prompt does not fit end with no turns
+    (a warning names them); when none fits, nothing can be played and `ContextLimitError` says so."""
+    dropped = [i for i in active if i not in set(kept)]
+    lengths = {slots[i].episode.game_id: len(slots[i].transcript.ids) for i in dropped}
+    if not kept:
+        raise ContextLimitError(
+            f"data.rollout.max_context_tokens={cfg.max_context_tokens} is smaller than the first prompt of every "
+            f"game in this rollout (shortest {min(lengths.values())} tokens, plus max_new_tokens="
+            f"{cfg.max_new_tokens}): transcript mode cannot play any turn. Set max_context_tokens >= "
+            f"{max(lengths.values()) + cfg.max_new_tokens}, or use context_mode=window, which truncates prompts."
+        )
+    log.warning(
+        "transcript mode: %d of %d episodes end before their first turn, their first prompt (%s) does not fit; %s",
+        len(dropped), len(active), ", ".join(f"{g}: {n} tokens" for g, n in lengths.items()),
+        _limit_hint(cfg, max(lengths.values())),
+    )
 
 
 def _finish_transcript(ep: Episode, tr: Transcript) -> None:

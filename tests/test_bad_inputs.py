@@ -1,0 +1,408 @@
+"""The bad-input catalog (README, "When something is wrong"), from the user's seat.
+
+Each row runs what a user runs (the `sage` command, in this process through `sage.cli.main`, or in a
+subprocess where timing or the environment matters; or the public API) and checks the outcome: exit
+code 2 with one message that names the bad value and what is allowed, no traceback, or the stated
+fallback. Runs that fail after training started must leave every file of an earlier run as it was
+(checkpoints, metrics, transcripts, results) and write no half files of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sage.cli import main
+from sage.envs import EnvPool, PromptBuilder, bundled_root, find_games
+from sage.rollout.chat import ChatCodec, Transcript
+from sage.rollout.generation import HFGenerator
+from sage.rollout.loop import ContextLimitError, RolloutConfig, rollout
+from tests.helpers import make_episode, make_turn, tiny_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODELS = [
+    "--model.student.name_or_path", "tiny-random", "--model.student.num_layers", "2",
+    "--model.teacher.name_or_path", "tiny-random", "--model.teacher.seed", "1",
+]
+SMALL_RUN = [
+    "--data.train_games", "2", "--data.max_steps", "2", "--data.val_games", "1", "--data.env_workers", "1",
+    "--data.rollout.max_new_tokens", "8", "--data.samples_per_step", "4", "--trainer.max_epochs", "1",
+    "--trainer.check_val_every_n_epoch", "100", "--trainer.accelerator", "cpu",
+    "--trainer.enable_progress_bar", "false",
+]
+
+
+def sage_args(out: Path, *extra: str, command: str = "fit", config: str = "configs/opd.yaml") -> list[str]:
+    """A tiny `sage` command line whose outputs go to ``out/opd/<version>``."""
+    return [command, "--config", str(ROOT / config), *TINY_MODELS, *SMALL_RUN, *extra,
+            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)]
+
+
+def run_sage(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """`sage <args>` in this process: (exit code, stderr). A run that succeeds fails the test."""
+    monkeypatch.setattr(sys, "argv", ["sage", *args])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err
+    print(f"$ sage {' '.join(args[:1])} ... -> exit {stop.value.code}\n{err[-1500:]}")  # shown with -s
+    assert "Traceback" not in err, err[-3000:]
+    return stop.value.code, err
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``folder``."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_dirs(out: Path) -> set[str]:
+    return {p.name for p in (out / "opd").iterdir()}
+
+
+def assert_no_half_files(folder: Path) -> None:
+    leftovers = [p for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith(".partial")]
+    assert not leftovers, leftovers
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory):
+    """A finished tiny run (checkpoint, metrics, transcripts) plus a finished evaluation folder: what a
+    failing later run into the same place must leave alone."""
+    out = tmp_path_factory.mktemp("runs")
+    proc = subprocess.run([sys.executable, "-m", "sage.cli", *sage_args(out)], cwd=out, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = out / "opd" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "episodes" / "epoch_000.jsonl").is_file()
+    evaluation = out / "opd" / "validate"  # what `sage experiment` validates into, results included
+    evaluation.mkdir()
+    (evaluation / "eval_results.json").write_text(json.dumps({"success": {"seen": {"overall": 0.5}}}))
+    return out
+
+
+# The config of the last command run into a folder: Lightning rewrites it when a command is told to
+# reuse a folder (`--trainer.logger.init_args.version validate`, as `sage experiment` does).
+REWRITTEN_ON_REUSE = "opd/validate/config.yaml"
+
+
+@pytest.fixture
+def untouched(earlier_run):
+    """Yields the runs folder; afterwards every file that was there is byte-identical, and the failing
+    run's own folder (if it got one) holds no checkpoint and no half-written file."""
+    before, dirs = snapshot(earlier_run), run_dirs(earlier_run)
+    yield earlier_run
+    after = snapshot(earlier_run)
+    assert {k: after.get(k) for k in before if k != REWRITTEN_ON_REUSE} == {
+        k: v for k, v in before.items() if k != REWRITTEN_ON_REUSE}
+    assert_no_half_files(earlier_run)
+    for new in run_dirs(earlier_run) - dirs:
+        assert not (earlier_run / "opd" / new / "checkpoints").exists()
+        shutil.rmtree(earlier_run / "opd" / new)
+
+
+# -- data --------------------------------------------------------------------------------------------
+def test_missing_data_root(untouched, monkeypatch, capsys):
+    t0 = time.perf_counter()
+    code, err = run_sage(sage_args(untouched, "--data.data_root", "/nonexistent/alfworld"), monkeypatch, capsys)
+    assert code == 2
+    assert "'/nonexistent/alfworld'" in err and "does not exist" in err and "json_2.1.1/<split>/" in err
+    assert "bundled subset" in err
+    assert time.perf_counter() - t0 < 60  # checked before any model loads: a hang guard only
+    assert run_dirs(untouched) == {"version_0", "validate"}  # nothing started, nothing written
+
+
+@pytest.mark.parametrize("layout", ["empty", "split_without_games"])
+def test_data_root_without_games(untouched, tmp_path, monkeypatch, capsys, layout):
+    if layout == "split_without_games":
+        (tmp_path / "json_2.1.1" / "train" / "some_task").mkdir(parents=True)
+        (tmp_path / "json_2.1.1" / "valid_seen").mkdir()
+        (tmp_path / "json_2.1.1" / "valid_unseen").mkdir()
+    code, err = run_sage(sage_args(untouched, "--data.data_root", str(tmp_path)), monkeypatch, capsys)
+    assert code == 2 and str(tmp_path) in err
+    if layout == "empty":
+        assert "holds no games" in err and "train, valid_seen, valid_unseen" in err
+    else:
+        assert "holds no <task>/<trial>/game.tw-pddl games" in err
+
+
+@pytest.mark.parametrize("option, bad", [("--data.train_split", "valid"), ("--data.val_splits", "[valid_seen, test]")])
+def test_unknown_split(untouched, monkeypatch, capsys, option, bad):
+    code, err = run_sage(sage_args(untouched, option, bad), monkeypatch, capsys)
+    name = "valid" if option == "--data.train_split" else "test"
+    assert code == 2 and f"unknown ALFWorld split {name!r}" in err
+    assert "allowed: seen, train, unseen, valid_seen, valid_unseen" in err
+
+
+def test_corrupt_game_file_is_named(untouched, tmp_path, monkeypatch, capsys):
+    src = bundled_root() / "json_2.1.1"
+    root = tmp_path / "alfworld" / "json_2.1.1"
+    good = find_games("train", str(src))[0]
+    for split in ("valid_seen", "valid_unseen"):
+        g = find_games(split, str(src))[0]
+        shutil.copytree(Path(g.path).parent, root / split / g.game_id)
+    shutil.copytree(Path(good.path).parent, root / "train" / good.game_id)
+    bad = root / "train" / "pick_and_place_simple-Mug-None-Desk-999" / "trial_0" / "game.tw-pddl"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"pddl_domain": "(define')  # truncated download
+    code, err = run_sage(sage_args(untouched, "--data.data_root", str(root.parent)), monkeypatch, capsys)
+    assert code == 2 and f"cannot load ALFWorld game file {str(bad)!r}" in err
+    assert "alfworld-download" in err
+
+
+# -- config values -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "option, bad, allowed",
+    [
+        ("--model.loss.divergence", "kl", "'reverse_kl', 'sampled_reverse_kl', 'forward_kl', 'jsd'"),
+        ("--model.loss.normalize", "sum", "'weighted', 'opd'"),
+        ("--model.gate.mode", "oracle", "'teacher_judge', 'always', 'feedback_rule'"),
+        ("--model.confidence.kind", "entropy", "'max_prob', 'neg_entropy', 'none'"),
+        ("--data.rollout.context_mode", "chat", "'window', 'transcript'"),
+    ],
+)
+def test_unknown_choice_names_the_value_and_the_choices(tmp_path, monkeypatch, capsys, option, bad, allowed):
+    code, err = run_sage(sage_args(tmp_path, option, bad), monkeypatch, capsys)
+    assert code == 2 and f"Got value: {bad}" in err and allowed in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_config_key(tmp_path, monkeypatch, capsys):
+    code, err = run_sage(sage_args(tmp_path, "--data.trian_games", "3"), monkeypatch, capsys)
+    assert code == 2 and "unrecognized arguments: --data.trian_games 3" in err
+    assert "--data.train_games" in err  # the usage lists the keys that exist
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text("data:\n  trian_games: 3\n")
+    code, err = run_sage(sage_args(tmp_path, "--config", str(cfg)), monkeypatch, capsys)
+    assert code == 2 and "trian_games" in err
+    assert not (tmp_path / "opd").exists()
+
+
+def test_value_the_classes_refuse_is_one_message(tmp_path, monkeypatch, capsys):
+    code, err = run_sage(sage_args(tmp_path, "--model.gate.weak_weight", "2"), monkeypatch, capsys)
+    assert code == 2 and err.count("sage: error: ") == 1 and "gate.weak_weight=2.0 must be in [0, 1]" in err
+    assert "Union subtypes" not in err and "Namespace(" not in err  # jsonargparse's wrapping is peeled off
+
+
+# -- models ------------------------------------------------------------------------------------------
+def test_student_teacher_tokenizer_mismatch(tmp_path, monkeypatch, capsys):
+    tok = tiny_tokenizer()
+    tok.add_tokens(["<tool_call>"])
+    student = tmp_path / "student"
+    tiny_model(vocab_size=49152 + 64).save_pretrained(student)
+    tok.save_pretrained(student)
+    code, err = run_sage(sage_args(tmp_path, "--model.student.name_or_path", str(student)), monkeypatch, capsys)
+    assert code == 2 and "differ first at token '<tool_call>': student id 49152, teacher id None" in err
+    assert "same tokenizer" in err and "one model family" in err
+    assert not (tmp_path / "opd").exists()
+
+
+@pytest.mark.parametrize("labels, why", [("[SKIP, SKIP]", "at least two distinct"), ("[SKIP, MAYBE]", "unknown: ['MAYBE']")])
+def test_judge_labels_from_the_config(tmp_path, monkeypatch, capsys, labels, why):
+    code, err = run_sage(sage_args(tmp_path, "--model.gate.labels", labels), monkeypatch, capsys)
+    assert code == 2 and why in err and "SKIP (gate 0), WEAK (gate weak_weight), STRONG (gate 1)" in err
+
+
+def test_judge_labels_that_collide_after_tokenization():
+    """A teacher tokenizer that cannot tell the labels apart (both become <unk>) is refused with the
+    labels and their ids; labels that only share a first token fall back to scoring whole labels."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from sage.distill.judge import JudgeLabelError, TurnJudge
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "look": 2, ":": 3}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<eos>", pad_token="<eos>")
+    judge = TurnJudge(labels=("SKIP", "STRONG"), model=tiny_model(), tokenizer=tok)
+    with pytest.raises(JudgeLabelError, match=r"\['SKIP', 'STRONG'\] are not distinguishable.*'SKIP' -> \[0\], 'STRONG' -> \[0\]"):
+        judge.judge([make_episode([make_turn()])])
+
+    smol = tiny_tokenizer()  # "SKIPA" / "SKIPB" share their first token in SmolLM2's vocabulary
+    judge = TurnJudge(labels=("SKIPA", "SKIPB"), weights={"SKIPA": 0.0, "SKIPB": 1.0}, model=tiny_model(), tokenizer=smol)
+    ids = judge.label_token_ids(judge.prompt_text(make_episode([make_turn()]), 0))
+    assert ids[0][0] == ids[1][0] and not judge.use_first_token(ids)  # stated fallback: whole-label scoring
+    episodes = [make_episode([make_turn()])]
+    judge.judge(episodes)
+    assert episodes[0].turns[0].gate_label in ("SKIPA", "SKIPB")
+
+
+# -- context length ----------------------------------------------------------------------------------
+def test_context_limit_without_room_for_a_prompt(tmp_path, monkeypatch, capsys):
+    code, err = run_sage(sage_args(tmp_path, "--data.rollout.max_context_tokens", "8"), monkeypatch, capsys)
+    assert code == 2 and "rollout.max_context_tokens=8 leaves no room for a prompt beside rollout.max_new_tokens=8" in err
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with EnvPool(num_workers=1, max_steps=2) as p:
+        yield p
+
+
+def test_context_limit_below_the_first_prompt_window_truncates(pool, caplog):
+    """Stated fallback (window): the prompt is left-truncated to fit, the episode is flagged, a warning
+    says how large the limit must be."""
+    games, tok = find_games("valid_seen", limit=1), tiny_tokenizer()
+    cfg = RolloutConfig(max_new_tokens=8, max_context_tokens=100)
+    with caplog.at_level(logging.WARNING, logger="sage.rollout.loop"):
+        (ep,) = rollout(HFGenerator(tiny_model(), tok), pool, games, PromptBuilder(), tok, cfg, greedy=True)
+    assert ep.truncated and ep.length == 2 and all(len(t.context_ids) == 100 - 8 for t in ep.turns)
+    assert "left-truncated" in caplog.text and "max_context_tokens=100" in caplog.text
+    assert "set data.rollout.max_context_tokens >= " in caplog.text
+
+
+def test_context_limit_below_every_first_prompt_transcript_fails(untouched, monkeypatch, capsys):
+    """Transcript mode cannot cut a prompt: when no game's first prompt fits, nothing can be played."""
+    code, err = run_sage(sage_args(untouched, "--data.rollout.context_mode", "transcript",
+                                   "--data.rollout.max_context_tokens", "100"), monkeypatch, capsys)
+    assert code == 2 and "max_context_tokens=100 is smaller than the first prompt of every game" in err
+    assert "context_mode=window" in err
+
+
+def test_context_limit_below_some_first_prompts_transcript_skips_them(pool, caplog):
+    """Stated fallback (transcript): a game whose first prompt does not fit ends before its first turn
+    (no turns, truncated, left out of training), with a warning naming it; the others play."""
+    tok, codec = tiny_tokenizer(), ChatCodec(tiny_tokenizer())
+    first = {}
+    for g in find_games("valid_seen", limit=6):  # first prompt lengths, built as transcript mode builds them
+        r = pool.reset([g])[0]
+        first[g] = len(Transcript.start(codec, PromptBuilder().transcript_first(r.task, r.observation, r.admissible)).ids)
+    games = [min(first, key=first.get), max(first, key=first.get)]
+    codec_len = [first[g] for g in games]
+    assert codec_len[0] < codec_len[1]
+    limit = codec_len[0] + 8 + (codec_len[1] - codec_len[0]) // 2
+    cfg = RolloutConfig(context_mode="transcript", max_new_tokens=8, max_context_tokens=limit)
+    with caplog.at_level(logging.WARNING, logger="sage.rollout.loop"):
+        eps = rollout(HFGenerator(tiny_model(), tok), pool, games, PromptBuilder(), tok, cfg, greedy=True)
+    assert eps[1].truncated and eps[1].length == 0 and not eps[1].won
+    assert eps[0].length >= 1
+    assert "end before their first turn" in caplog.text and games[1].game_id in caplog.text
+    assert f"{games[1].game_id}: {codec_len[1]} tokens" in caplog.text
+    with pytest.raises(ContextLimitError, match="smaller than the first prompt of every game"):
+        rollout(HFGenerator(tiny_model(), tok), pool, games, PromptBuilder(), tok,
+                RolloutConfig(context_mode="transcript", max_new_tokens=8, max_context_tokens=min(codec_len)), greedy=True)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "student, why",
+    [
+        (["--model.student.num_layers", "3"], "of this student's trained weights missing"),
+        (["--model.student.lora", "{r: 2, alpha: 4, dropout: 0.0}"], "weights this student does not train"),
+    ],
+    ids=["more_layers", "lora"],
+)
+def test_checkpoint_from_a_different_student(untouched, monkeypatch, capsys, student, why):
+    ckpt = untouched / "opd" / "version_0" / "checkpoints" / "last.ckpt"
+    args = sage_args(untouched, *student, "--trainer.logger.init_args.version", "validate", "--ckpt_path", str(ckpt),
+                     command="validate")
+    code, err = run_sage(args, monkeypatch, capsys)
+    assert code == 2 and "checkpoint does not fit this student" in err and why in err
+    assert "num_layers=2" in err and "Use the model.student settings" in err  # names the checkpoint's student
+
+
+def test_export_never_leaves_a_half_written_model(tmp_path, monkeypatch):
+    from callbacks.export import export_student
+    from sage.models import ModelSpec, load_model
+
+    class Module:
+        student, tokenizer = load_model(ModelSpec("tiny-random")), tiny_tokenizer()
+
+    out = export_student(Module, tmp_path / "student")
+    before = snapshot(out)
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Module.tokenizer, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        export_student(Module, out)
+    assert snapshot(out) == before and [p.name for p in tmp_path.iterdir()] == ["student"]
+
+
+# -- the hub -------------------------------------------------------------------------------------------
+def closed_port() -> int:
+    """A local port nobody listens on (bound once by us, then released): connecting is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sage_subprocess(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "sage.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    return proc, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("network", ["HF_HUB_OFFLINE", "unreachable_endpoint"])
+def test_offline_hub_id_fails_fast_with_one_message(tmp_path, network):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")}
+    env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache, whatever this machine has downloaded
+    env.pop("HF_HUB_CACHE", None)
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    if network == "HF_HUB_OFFLINE":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:  # online mode, but the hub does not answer (nothing listens there)
+        env["HF_ENDPOINT"] = endpoint
+    args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+            "--model.student.name_or_path", "Qwen/Qwen2.5-1.5B-Instruct",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    proc, seconds = _sage_subprocess(args, env, tmp_path)
+    print(f"offline hub id ({network}): exit {proc.returncode} after {seconds:.1f} s")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr
+    assert "Traceback" not in err and "Retry" not in err and err.count("sage: error:") == 1
+    assert "'Qwen/Qwen2.5-1.5B-Instruct' is neither a local folder nor in the local Hugging Face cache" in err
+    assert str(tmp_path / "hf" / "hub") in err and "HF_HOME" in err and "hf download Qwen/Qwen2.5-1.5B-Instruct" in err
+    assert ("HF_HUB_OFFLINE=1" if network == "HF_HUB_OFFLINE" else f"{endpoint} cannot be reached") in err
+    assert seconds < 60  # a hang guard only: the hub client's retries took ~50 s here before
+    assert not (tmp_path / "quickstart").exists()
+
+
+def test_hub_id_in_the_local_cache_loads_offline(tmp_path):
+    """The other side of fail-fast: an id that is in the cache loads without the network."""
+    hub = tmp_path / "hf" / "hub" / "models--sage-test--tiny"
+    snap = hub / "snapshots" / ("0" * 40)
+    tiny_model().save_pretrained(snap)
+    tiny_tokenizer().save_pretrained(snap)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("HF_HUB_CACHE", None)
+    code = ("from sage.models import load_model, load_tokenizer; m = load_model('sage-test/tiny'); "
+            "t = load_tokenizer('sage-test/tiny'); print(type(m).__name__, len(t))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["LlamaForCausalLM", "49152"]
+    assert "Retry" not in proc.stderr
+
+
+def test_missing_model_folder(tmp_path, monkeypatch, capsys):
+    code, err = run_sage(sage_args(tmp_path, "--model.student.name_or_path", str(tmp_path / "no_model")),
+                         monkeypatch, capsys)
+    assert code == 2 and f"model {str(tmp_path / 'no_model')!r}: no such folder" in err
+    assert "'smollm2-135m-instruct', 'tiny-random'" in err
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    """Only input errors are shortened: a bug still shows where it happened."""
+    import sage.cli
+
+    def boom(*a, **k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sage.cli, "cli", boom)
+    monkeypatch.setattr(sys, "argv", ["sage", "fit"])
+    with pytest.raises(RuntimeError, match="a bug"):
+        main()
