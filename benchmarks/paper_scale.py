@@ -30,15 +30,13 @@ import torch
 
 from sage.data import SageDataModule
 from sage.distill.judge import TurnJudge
-from sage.distill.objective import LossSpec
-from sage.distill.specs import GateSpec
 from sage.distill.teacher import TeacherScorer
 from sage.envs import EnvPool, find_games
 from sage.forward import base_model
-from sage.models import SMOLLM2_BOS, SMOLLM2_EOS, LoraSpec, ModelSpec, smollm2_path
+from sage.models import SMOLLM2_BOS, SMOLLM2_EOS, smollm2_path
 from sage.module import SageModule
 from sage.rollout.generation import HFGenerator
-from sage.rollout.loop import RolloutConfig
+from sage.specs import GateSpec, LoraSpec, LossSpec, ModelSpec, RolloutSpec
 
 # Published shapes (config.json of each model on the Hugging Face hub).
 ARCHS = {
@@ -208,9 +206,9 @@ def run_slice(args, family: dict, tok_dir: Path, work: Path, counter: Counter):
         gate=GateSpec(max_batch=args.judge_batch),
     )
     dm = SageDataModule(
-        train_games=args.games, max_steps=args.turns, env_workers=args.workers, samples_per_step=args.samples_per_step,
+        train_games=args.games, max_turns=args.turns, env_workers=args.workers, samples_per_step=args.samples_per_step,
         max_tokens_per_micro_batch=args.micro_tokens,
-        rollout=RolloutConfig(context_mode=args.mode, max_new_tokens=args.max_new_tokens, max_context_tokens=4096),
+        rollout=RolloutSpec(context_mode=args.mode, max_new_tokens=args.max_new_tokens, max_context_tokens=4096),
     )
     pool = find_games("train") + find_games("valid_seen") + find_games("valid_unseen")
     games = (pool * (args.games // len(pool) + 1))[: args.games]  # real games, repeated past the bundled 72
@@ -220,6 +218,7 @@ def run_slice(args, family: dict, tok_dir: Path, work: Path, counter: Counter):
     timer = StepTimer()
     trainer = L.Trainer(
         max_epochs=1, accelerator=args.device, devices=1, precision=args.precision, logger=False,
+        default_root_dir=str(work),  # the epoch's kept rollouts go to the temporary folder
         enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
         reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False, callbacks=[timer], enable_model_summary=False,
     )
@@ -235,7 +234,7 @@ def run_slice(args, family: dict, tok_dir: Path, work: Path, counter: Counter):
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     wall = time.perf_counter() - t0
-    stats = dict(module.epoch_stats)
+    stats = dict(dm.experience.stats)
     return module, dm, timer, stats, wall, s_cfg, t_cfg, s_name, t_name
 
 
@@ -279,12 +278,12 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     S, T = Shape(s_cfg), Shape(t_cfg)
-    gen = dm.generation_stats.as_dict()
+    gen = dm.player.stats.as_dict()
     judge, score = counter.get("teacher:judge"), counter.get("teacher:score")
     train_s, train_t = counter.get("student:train"), counter.get("teacher:train")
     turns = int(stats["turns"])
     judged_rows = turns  # one judge prompt per turn (first-token scoring: one head row each)
-    scored = sum(len(t.response_ids) for ep in dm.last_episodes for t in ep.turns if t.confidence is not None)
+    scored = sum(len(t.response_ids) for ep in dm.experience.episodes for t in ep.turns if t.confidence is not None)
     trained = timer.trained_tokens
     mult = 1 + (1 if module.student_spec.gradient_checkpointing else 0) + (1 if module.student_spec.lora else 2)
     phases = {

@@ -24,7 +24,8 @@ from sage.envs import EnvPool, PromptBuilder, find_games, parse_action
 from sage.models import ModelSpec, load_model, load_tokenizer
 from sage.rollout.chat import ChatCodec
 from sage.rollout.generation import HFGenerator
-from sage.rollout.loop import RolloutConfig, rollout
+from sage.rollout.loop import rollout
+from sage.specs import RolloutSpec
 
 PRECISIONS = {"32-true": (torch.float32, False), "bf16-mixed": (torch.bfloat16, True), "bf16-true": (torch.bfloat16, False)}
 
@@ -74,7 +75,7 @@ def matmul_probe(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> floa
 
 
 def ours(mode, model, tok, pool, games, args, ctx):
-    cfg = RolloutConfig(context_mode=mode, max_new_tokens=args.max_new_tokens, max_context_tokens=8192)
+    cfg = RolloutSpec(context_mode=mode, max_new_tokens=args.max_new_tokens, max_context_tokens=8192)
     inner = HFGenerator(model, tok, seed=0)
     gen = Timed(inner, ["generate"])
     env = Timed(pool, ["reset", "step"])
@@ -109,7 +110,8 @@ def plain(model, tok, pool, games, args, ctx):
         for i, r in enumerate(results):
             if done[i]:
                 continue
-            ids = codec.prompt_ids(prompt.window_messages(r.task, history[i], r.observation, r.admissible))
+            ids = codec.prompt_ids(prompt.window_messages(r.task, history[i][-2:], r.observation, r.admissible,
+                                                          step=len(history[i])))
             g0 = time.perf_counter()
             with ctx():
                 out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),

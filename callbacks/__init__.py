@@ -1,8 +1,8 @@
-"""Lightning callbacks: ablation toggles, ALFWorld seen/unseen evaluation, episode transcripts, export."""
+"""Lightning callbacks: ablation report, ALFWorld seen/unseen evaluation, episode transcripts, export."""
 
-from callbacks.ablation import AblationToggles
+from callbacks.ablation import AblationReport
 from callbacks.evaluation import AlfworldEvaluation
 from callbacks.export import ExportStudent
 from callbacks.transcripts import EpisodeTranscripts
 
-__all__ = ["AblationToggles", "AlfworldEvaluation", "EpisodeTranscripts", "ExportStudent"]
+__all__ = ["AblationReport", "AlfworldEvaluation", "EpisodeTranscripts", "ExportStudent"]

@@ -24,18 +24,27 @@ from torchmetrics import MeanMetric, SumMetric
 from sage.envs import TASK_TYPES
 from sage.results import TURN_RATES
 
+RATE_ROWS = {"admissible_rate": "admissible actions (turns)", "format_rate": "parsed answers (turns)"}
 
-def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[str, int]]) -> str:
-    """Success % per task type (rows) and split (columns), with game counts."""
+
+def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[str, int]],
+                 turn_rates: dict[str, dict[str, float]] | None = None) -> str:
+    """One table: success % per task type and overall (games), then the turn-level admissible-action
+    and answer-format rates (turns), with the splits side by side and the count beside each value."""
     splits = list(results)
-    head = f"{'task type':<34}" + "".join(f"{s + ' %':>12}{'n':>5}" for s in splits)
-    lines = [head, "-" * len(head)]
-    for key in [*TASK_TYPES, "overall"]:
-        row = f"{key:<34}"
-        for s in splits:
-            v, n = results[s].get(key, float("nan")), counts[s].get(key, 0)
-            row += f"{'-' if n == 0 or math.isnan(v) else f'{100 * v:.1f}':>12}{n:>5}"
-        lines.append(row)
+    head = f"{'ALFWorld success (greedy)':<34}" + "".join(f"{s + ' %':>12}{'n':>6}" for s in splits)
+    rule = "-" * len(head)
+    rows = [(key, {s: (results[s].get(key, float("nan")), counts[s].get(key, 0)) for s in splits})
+            for key in [*TASK_TYPES, "overall"]]
+    if turn_rates:
+        rows += [(label, {s: (turn_rates.get(s, {}).get(key) or float("nan"), turn_rates.get(s, {}).get("turns", 0))
+                          for s in splits}) for key, label in RATE_ROWS.items()]
+    lines = [head, rule]
+    for i, (key, cells) in enumerate(rows):
+        if i in (len(TASK_TYPES), len(TASK_TYPES) + 1):
+            lines.append(rule)
+        lines.append(f"{key:<34}" + "".join(
+            f"{'-' if n == 0 or math.isnan(v) else f'{100 * v:.1f}':>12}{n:>6}" for v, n in cells.values()))
     return "\n".join(lines)
 
 
@@ -61,7 +70,11 @@ class AlfworldEvaluation(L.Callback):
         self._metrics = {}
         for i in range(len(dm.val_splits)):  # every rank creates every metric, so syncs line up
             for key in [*TASK_TYPES, "overall", *TURN_RATES]:
-                self._metric(dm.split_key(i), key, pl_module.device)
+                mean, count = self._metric(dm.split_key(i), key, pl_module.device)
+                # a zero-weight update: a task type no game of this rank has still computes (count 0, no
+                # torchmetrics "compute before update" warning), the same on every rank
+                mean.update(0.0, weight=0.0)
+                count.update(0.0)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         split = trainer.datamodule.split_key(dataloader_idx)
@@ -113,7 +126,4 @@ class AlfworldEvaluation(L.Callback):
             tmp.write_text(json.dumps(payload, indent=1) + "\n")
             os.replace(tmp, root / self.results_file)
         if self.print_table and trainer.state.fn == "validate":
-            print("\nALFWorld success (greedy)\n" + format_table(self.results, self.counts), flush=True)
-            for split, r in self.turn_rates.items():
-                rates = ", ".join(f"{k} {100 * r[k]:.1f}%" for k in TURN_RATES if r.get(k) is not None)
-                print(f"{split}: {rates} over {r['turns']} turns", flush=True)
+            print("\n" + format_table(self.results, self.counts, self.turn_rates) + "\n", flush=True)

@@ -89,9 +89,10 @@ class EpisodeTranscripts(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        if not self.enabled or dm is None or dm.last_epoch != trainer.current_epoch:
+        exp = getattr(dm, "experience", None)
+        if not self.enabled or exp is None or exp.epoch != trainer.current_epoch:
             return
         root = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
         suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        write_jsonl(root / f"epoch_{trainer.current_epoch:03d}{suffix}.jsonl", dm.last_episodes, trainer.current_epoch,
+        write_jsonl(root / f"epoch_{trainer.current_epoch:03d}{suffix}.jsonl", exp.episodes, trainer.current_epoch,
                     tokenizer=getattr(pl_module, "tokenizer", None))

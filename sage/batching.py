@@ -3,7 +3,7 @@
 Samples are grouped into optimizer steps and each step is packed into micro-batches; one dataloader
 item is one micro-batch carrying its step's *global* normalization denominator (summed over every
 micro-batch and rank before any backward) and a `step_end` flag, so gradient accumulation never
-changes the loss (METHOD.md, Normalization). Turns whose gate is 0 are not forwarded at all (their
+changes the loss (docs/METHOD.md, Normalization). Turns whose gate is 0 are not forwarded at all (their
 loss weight is 0) but their tokens still count in the `opd` denominator.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from sage.distill.objective import step_denominator
+from sage.forward import budget_batches, pad_right
 from sage.rollout.records import Episode
 
 
@@ -42,7 +43,7 @@ class StepData:
     skipped_tokens: int  # response tokens of gate-0 turns, not forwarded, still counted by `opd`
 
     def denominator(self, normalize: str) -> float:
-        """This rank's share of the step's normalization denominator (METHOD.md, Normalization)."""
+        """This rank's share of the step's normalization denominator (docs/METHOD.md, Normalization)."""
         total = sum(
             float(step_denominator(mb["loss_mask"], mb["gate"], mb["confidence"], normalize))
             for mb in self.micro_batches
@@ -124,44 +125,20 @@ def drop_skipped(samples: Sequence[Sample]) -> tuple[list[Sample], int]:
 
 
 def micro_batches(samples: Sequence[Sample], max_tokens: int) -> list[list[Sample]]:
-    """Greedy packing by padded size (longest sequence x rows) under a token budget.
-
-    A single sample longer than the budget gets a micro-batch of its own."""
-    order = sorted(samples, key=lambda s: len(s.input_ids), reverse=True)
-    batches: list[list[Sample]] = []
-    cur: list[Sample] = []
-    for s in order:  # longest first, so a batch's width is its first sample's length
-        width = len(cur[0].input_ids) if cur else len(s.input_ids)
-        if cur and width * (len(cur) + 1) > max_tokens:
-            batches.append(cur)
-            cur = []
-        cur.append(s)
-    if cur:
-        batches.append(cur)
-    return batches
+    """Greedy packing by padded size (longest sequence x rows) under a token budget; a single sample
+    longer than the budget gets a micro-batch of its own."""
+    return [[samples[i] for i in group] for group in budget_batches([len(s.input_ids) for s in samples], max_tokens)]
 
 
 def collate(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch into tensors (training forwards need no left padding)."""
-    width = max(len(s.input_ids) for s in samples)
-    b = len(samples)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, width), dtype=torch.long)
-    loss_mask = torch.zeros((b, width), dtype=torch.bool)
-    gate = torch.zeros((b, width))
-    conf = torch.ones((b, width))
-    tlp = torch.zeros((b, width))
-    for i, s in enumerate(samples):
-        n = len(s.input_ids)
-        ids[i, :n] = torch.tensor(s.input_ids)
-        attn[i, :n] = 1
-        loss_mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.bool)
-        gate[i, :n] = torch.tensor(s.gate)
-        conf[i, :n] = torch.tensor(s.confidence)
-        tlp[i, :n] = torch.tensor(s.teacher_logprobs)
+    ids, attn = pad_right([s.input_ids for s in samples], pad_id)
     batch = {
-        "input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask,
-        "gate": gate, "confidence": conf, "teacher_logprobs": tlp,
+        "input_ids": ids, "attention_mask": attn,
+        "loss_mask": pad_right([s.loss_mask for s in samples], 0, torch.bool)[0],
+        "gate": pad_right([s.gate for s in samples], 0.0, torch.float32)[0],
+        "confidence": pad_right([s.confidence for s in samples], 1.0, torch.float32)[0],
+        "teacher_logprobs": pad_right([s.teacher_logprobs for s in samples], 0.0, torch.float32)[0],
     }
     hidden = [s.teacher_hidden for s in samples]
     if any(h is not None for h in hidden):
@@ -209,6 +186,5 @@ def flatten_steps(
             # the step's global sum(g * kappa): 0 means no token is trained, so no optimizer update
             item["step_weight"] = torch.tensor(float((denominators if weights is None else weights)[i]))
             item["step_end"] = k == max(n_micro, 1) - 1
-            item["step_index"] = i
             items.append(item)
     return items

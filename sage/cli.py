@@ -1,7 +1,8 @@
 """`sage`: the LightningCLI entry point (`sage fit|validate --config configs/<x>.yaml`).
 
-The ablation toggles, ALFWorld evaluation and transcript callbacks are always present and are set
-from top-level YAML keys `ablation:`, `evaluation:` and `transcripts:`. `sage experiment` runs a
+Every subcommand starts from configs/base.yaml; the --config files given override it. The ablation
+report, ALFWorld evaluation and transcript callbacks are always present and are set from top-level
+YAML keys `ablation:`, `evaluation:` and `transcripts:`. `sage experiment` runs a
 whole method x ablation x seed matrix (see `sage.experiment`).
 
 Bad input (see README, "When something is wrong") ends `sage` with one message and exit code 2: a bad
@@ -13,15 +14,35 @@ shows it).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
+from pathlib import Path
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
-from callbacks import AblationToggles, AlfworldEvaluation, EpisodeTranscripts
+from callbacks import AblationReport, AlfworldEvaluation, EpisodeTranscripts
 from sage.data import SageDataModule
 from sage.errors import InputError
 from sage.module import SageModule
+
+# Field docstrings of the typed specs (sage.specs) become the descriptions `sage fit --help` prints.
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
+# Shared defaults under every config: method YAMLs are deltas over it (a checkout without configs/,
+# e.g. an installed wheel, parses from the code defaults alone).
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+# Expected messages, silenced here at their source (unexpected ones stay visible):
+# - the frozen teacher is in eval mode on purpose (no dropout); Lightning warns about any module in eval
+#   mode when training starts;
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+# - Lightning's advertisement for its cloud logger, printed at every run start.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not str(record.getMessage()).startswith("💡 Tip: For seamless cloud logging")
+)
 
 TRAINER_DEFAULTS = {
     "reload_dataloaders_every_n_epochs": 1,  # fresh on-policy episodes every epoch
@@ -33,9 +54,17 @@ TRAINER_DEFAULTS = {
 
 class SageCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(AblationToggles, "ablation")
+        parser.add_lightning_class_args(AblationReport, "ablation")
         parser.add_lightning_class_args(AlfworldEvaluation, "evaluation")
         parser.add_lightning_class_args(EpisodeTranscripts, "transcripts")
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        """`validate`/`test` print the project's own results table (callbacks.AlfworldEvaluation), so
+        Lightning's per-dataloader tables are off by default (`--verbose true` brings them back)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            parser.set_defaults(verbose=False)
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         """Build the model the config describes, also with ``--ckpt_path``.
@@ -68,12 +97,22 @@ class SageCLI(LightningCLI):
             raise
 
 
+def _base_config_kwargs(run: bool) -> dict:
+    """configs/base.yaml under every parse: each subcommand's parser when `run`, else the single parser
+    LightningCLI builds without subcommands."""
+    if not BASE_CONFIG.is_file():
+        return {}
+    defaults = {"default_config_files": [str(BASE_CONFIG)]}
+    return {c: defaults for c in SUBCOMMANDS} if run else defaults
+
+
 def cli(args=None, run: bool = True) -> SageCLI:
     return SageCLI(
         SageModule,
         SageDataModule,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=_base_config_kwargs(run),
         args=args,
         run=run,
     )

@@ -1,9 +1,13 @@
 """The on-policy DataModule: every epoch the current student plays fresh ALFWorld games.
 
-`train_dataloader()` (reloaded every epoch) samples this epoch's training games, rolls them out with
-the current student, lets the module gate and score the turns, and serves token-budget micro-batches
-grouped into optimizer steps. `val_dataloader()` serves the seen and unseen evaluation games; the
-module plays them greedily in `validation_step`.
+`train_dataloader()` (reloaded every epoch) samples this epoch's training games, has the student play
+them (`Player`), then builds the epoch's `Experience` (annotation by the teacher, samples, optimizer
+steps, micro-batches) and serves its items. `val_dataloader()` serves each evaluation split as one
+`GameBatch` that the module plays greedily with its own student.
+
+What the DataModule reads from the LightningModule, all in `_parts()`: the student (the policy to roll
+out), the teacher (only for ``source=teacher``), the tokenizer, the annotator and the loss
+normalization. It never writes to the module: the epoch's statistics travel in the first item.
 """
 
 from __future__ import annotations
@@ -12,21 +16,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from sage.batching import build_steps, flatten_steps, transcript_samples, window_samples
-from sage.distributed import align_steps, shard, world
-from sage.envs import EnvPool, GameInfo, PromptBuilder, PromptTemplate, find_games
-from sage.rollout.generation import HFGenerator
-from sage.rollout.loop import RolloutConfig, rollout
+from sage.distributed import shard, world
+from sage.envs import EnvPool, GameInfo, PromptBuilder, PromptTemplate, canonical_split, find_games, split_key
+from sage.experience import Experience, ExperienceBuilder
+from sage.rollout.player import GameBatch, Player
 from sage.rollout.records import Episode
+from sage.specs import DATA_SOURCES, DataSource, RolloutSpec, check_choice
 
 log = logging.getLogger(__name__)
-SPLIT_KEYS = {"valid_seen": "seen", "seen": "seen", "valid_unseen": "unseen", "unseen": "unseen", "train": "train"}
 
 
 def _identity(x):
@@ -49,22 +51,40 @@ class _EpochItems(IterableDataset):
         return iter(self.items[self.done :])
 
 
+class _ResumableLoader(DataLoader):
+    """The epoch loader. Its resume state is the DataModule's (kept rollouts + items done, saved in every
+    checkpoint); the empty state here only tells Lightning that a mid-epoch resume is exact."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class SageDataModule(L.LightningDataModule):
     """ALFWorld games in, on-policy training steps out.
 
     Args:
         data_root: folder holding ``json_2.1.1`` (else ``$ALFWORLD_DATA``, else the bundled subset).
+        train_split: split the training games are drawn from.
         train_games: games sampled (seeded by epoch) from ``train_split`` for each epoch's rollouts.
         rollout_batch: games played together in one batched rollout (None = all of this rank's games).
-        val_splits / val_games: evaluation splits and games per split (None = every game once; a
-            number takes games round-robin over the task types).
+        val_splits: evaluation splits.
+        val_games: games per evaluation split (None = every game once; a number takes games round-robin
+            over the task types).
         val_batch: evaluation games played in one rollout (None = the rank's whole split as one stream;
             set a number only when the KV cache of a whole split does not fit).
         source: ``on_policy`` (the student plays), ``expert`` (stored walkthroughs, for SFT) or
             ``teacher`` (the teacher plays, sampled; for SFT on teacher trajectories).
         teacher_won_only: with ``source=teacher``, keep only the games the teacher won.
+        rollout: how the student plays (context mode, sampling, lengths).
+        prompt: the prompt text.
+        max_turns: environment turns per episode (ALFWorld's limit is 50).
+        env_workers: environment worker processes.
         samples_per_step: training samples (turns, or episodes in transcript mode) per optimizer step.
         max_tokens_per_micro_batch: padded-token budget of one forward/backward.
+        seed: seed of game sampling, sampling and sample shuffling (offset by the epoch).
     """
 
     def __init__(
@@ -76,84 +96,73 @@ class SageDataModule(L.LightningDataModule):
         val_splits: list[str] | None = None,
         val_games: int | None = None,
         val_batch: int | None = None,
-        source: Literal["on_policy", "expert", "teacher"] = "on_policy",
+        source: DataSource = "on_policy",
         teacher_won_only: bool = True,
-        rollout: RolloutConfig | None = None,
+        rollout: RolloutSpec | None = None,
         prompt: PromptTemplate | None = None,
-        max_steps: int = 50,
+        max_turns: int = 50,
         env_workers: int = 2,
         samples_per_step: int = 16,
         max_tokens_per_micro_batch: int = 8192,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if source not in ("on_policy", "expert", "teacher"):
-            raise ValueError(f"source={source!r}; allowed: on_policy, expert, teacher")
+        check_choice("data.source", source, DATA_SOURCES)
         self.data_root = data_root
-        self.train_split = train_split
+        self.train_split = canonical_split(train_split)
         self.train_games = train_games
         self.rollout_batch = rollout_batch
-        self.val_splits = list(val_splits) if val_splits is not None else ["valid_seen", "valid_unseen"]
-        for s in self.val_splits + [train_split]:
-            if s not in SPLIT_KEYS:
-                raise ValueError(f"unknown split {s!r}; allowed: {', '.join(SPLIT_KEYS)}")
+        self.val_splits = [canonical_split(s) for s in (val_splits or ["valid_seen", "valid_unseen"])]
         self.val_games = val_games
         self.val_batch = val_batch
         self.source = source
         self.teacher_won_only = teacher_won_only
-        self.rollout_cfg = rollout or RolloutConfig()
-        self.prompt = PromptBuilder(prompt, history_len=self.rollout_cfg.history_len)
-        self.max_steps = max_steps
+        self.rollout_spec = rollout or RolloutSpec()
+        self.prompt = PromptBuilder(prompt)
+        self.max_turns = max_turns
         self.env_workers = env_workers
         self.samples_per_step = samples_per_step
         self.max_tokens = max_tokens_per_micro_batch
         self.seed = seed
         self.pool: EnvPool | None = None
+        self.player: Player | None = None
+        self.experience: Experience | None = None  # the current epoch's (observers read it: transcripts)
         self._own_pool = False
-        self.last_episodes: list[Episode] = []
-        self.generation_stats = None
         self._epoch_file: Path | None = None
         self._resume: dict | None = None
-        self.last_epoch = -1
 
     @property
     def transcript(self) -> bool:
-        return self.rollout_cfg.context_mode == "transcript"
+        return self.rollout_spec.context_mode == "transcript"
 
     def split_key(self, index: int) -> str:
-        return SPLIT_KEYS[self.val_splits[index]]
+        return split_key(self.val_splits[index])
 
     def setup(self, stage: str | None = None) -> None:
         """Start the environment workers once; a pool assigned from outside (tests, notebooks) is
         used as it is and left open."""
         if self.pool is None:
-            self.pool = EnvPool(num_workers=self.env_workers, max_steps=self.max_steps)
+            self.pool = EnvPool(num_workers=self.env_workers, max_steps=self.max_turns)
             self._own_pool = True
+        if self.player is None or self.player.pool is not self.pool:
+            self.player = Player(self.pool, self.prompt, self.rollout_spec, self.rollout_batch)
 
     def teardown(self, stage: str | None = None) -> None:
         if self.pool is not None and self._own_pool:
             self.pool.close()
             self.pool = None
+            self.player = None
 
-    # -- playing ----------------------------------------------------------------------------------
-    def play(self, games: list[GameInfo], greedy: bool, seed: int | None = None, policy=None) -> list[Episode]:
-        """Roll the current student (or `policy`, another model) out on `games`, `rollout_batch` at a time."""
-        self.setup()
-        module = self.trainer.lightning_module
-        student = module.student if policy is None else policy
-        was_training = student.training
-        student.eval()
-        gen = HFGenerator(student, module.tokenizer, seed=self.seed if seed is None else seed)
-        self.generation_stats = gen.stats  # work counters of the latest play (benchmarks, progress)
-        chunk = self.rollout_batch or max(1, len(games))
-        episodes: list[Episode] = []
-        try:
-            for i in range(0, len(games), chunk):
-                episodes += rollout(gen, self.pool, games[i : i + chunk], self.prompt, module.tokenizer,
-                                    self.rollout_cfg, greedy=greedy)
-        finally:
-            student.train(was_training)
-        return episodes
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        if isinstance(batch, GameBatch):  # evaluation games: nothing to move
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    # -- training data ------------------------------------------------------------------------------
+    def _parts(self):
+        """Everything read from the LightningModule (see the module docstring)."""
+        m = self.trainer.lightning_module
+        return m.student, m.teacher, m.tokenizer, m.annotator, m.loss_spec.normalize
 
     def epoch_games(self, epoch: int) -> list[GameInfo]:
         games = find_games(self.train_split, self.data_root, sample=self.train_games, seed=self.seed + epoch)
@@ -161,29 +170,51 @@ class SageDataModule(L.LightningDataModule):
         return shard(games, rank, size)
 
     def collect(self, epoch: int) -> list[Episode]:
+        """This epoch's episodes from the configured source (failed environment workers left out)."""
+        self.setup()
+        student, teacher, tokenizer, _, _ = self._parts()
         games = self.epoch_games(epoch)
+        seed = self.seed + 1000 * epoch
         if self.source == "expert":
             from sage.expert import expert_episodes
 
-            self.setup()
-            tok = self.trainer.lightning_module.tokenizer
-            return expert_episodes(games, self.prompt, tok, self.rollout_cfg, self.pool, chunk=self.rollout_batch)
-        if self.source == "teacher":
-            teacher = self.trainer.lightning_module.teacher
+            episodes = expert_episodes(games, self.prompt, tokenizer, self.rollout_spec, self.pool,
+                                       chunk=self.rollout_batch)
+        elif self.source == "teacher":
             if teacher is None:
                 raise ValueError("data.source=teacher needs model.teacher")
-            episodes = self.play(games, greedy=False, seed=self.seed + 1000 * epoch, policy=teacher)
-            return [ep for ep in episodes if ep.won] if self.teacher_won_only else episodes
-        return self.play(games, greedy=False, seed=self.seed + 1000 * epoch)
+            episodes = self.player.play(teacher, tokenizer, games, greedy=False, seed=seed)
+            episodes = [ep for ep in episodes if ep.won] if self.teacher_won_only else episodes
+        else:
+            episodes = self.player.play(student, tokenizer, games, greedy=False, seed=seed)
+        return [ep for ep in episodes if ep.error is None]
+
+    def train_dataloader(self) -> DataLoader:
+        _, _, tokenizer, annotator, normalize = self._parts()
+        epoch = self.trainer.current_epoch
+        builder = ExperienceBuilder(annotator, normalize, self.transcript, self.samples_per_step, self.max_tokens,
+                                    tokenizer.pad_token_id, self.seed)
+        # Rollout, judge and teacher scoring run under the trainer's precision (bf16-mixed: autocast),
+        # as the training and validation steps already do; outside the steps Lightning applies none.
+        with self.trainer.precision_plugin.forward_context():
+            t0 = time.perf_counter()
+            episodes, done = self._episodes_for(epoch)
+            self.experience = builder.build(episodes, epoch, {"rollout_seconds": time.perf_counter() - t0})
+        items = self.experience.items
+        if done < len(items):
+            items[done]["epoch_stats"] = self.experience.stats  # the module logs them at epoch end
+        if done:
+            log.info("resuming epoch %d after its first %d of %d micro-batches", epoch, done, len(items))
+        return _ResumableLoader(_EpochItems(items, done), batch_size=None, collate_fn=_identity)
 
     # -- exact mid-epoch resume ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Saved in every checkpoint: where this epoch's rollouts are kept and how many of its items
         (micro-batches) were trained, so a resumed run continues the same epoch with the same samples."""
-        if self.last_epoch < 0 or self._epoch_file is None:
+        if self.experience is None or self._epoch_file is None:
             return {}
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self.last_epoch, "episodes_file": str(self._epoch_file), "items_done": int(done)}
+        return {"epoch": self.experience.epoch, "episodes_file": str(self._epoch_file), "items_done": int(done)}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state) or None
@@ -202,7 +233,7 @@ class SageDataModule(L.LightningDataModule):
         if resume and resume.get("epoch") == epoch and Path(resume["episodes_file"]).is_file():
             self._epoch_file = Path(resume["episodes_file"])
             return torch.load(self._epoch_file, weights_only=False), int(resume["items_done"])
-        episodes = [ep for ep in self.collect(epoch) if ep.error is None]
+        episodes = self.collect(epoch)
         self._epoch_file = self._epoch_path(epoch)
         if self._epoch_file is not None:
             self._epoch_file.parent.mkdir(parents=True, exist_ok=True)
@@ -211,43 +242,20 @@ class SageDataModule(L.LightningDataModule):
             os.replace(tmp, self._epoch_file)
         return episodes, 0
 
-    # -- loaders ----------------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
-        module = self.trainer.lightning_module
-        epoch = self.trainer.current_epoch
-        # Rollout, judge and teacher scoring run under the trainer's precision (bf16-mixed: autocast),
-        # as the training and validation steps already do; outside the steps Lightning applies none.
-        with self.trainer.precision_plugin.forward_context():
-            t0 = time.perf_counter()
-            episodes, done = self._episodes_for(epoch)
-            t1 = time.perf_counter()
-            timings = module.annotate(episodes, transcript=self.transcript)
-        samples = transcript_samples(episodes) if self.transcript else window_samples(episodes)
-        steps = build_steps(samples, self.samples_per_step, self.max_tokens, module.tokenizer.pad_token_id,
-                            seed=self.seed + epoch)
-        dens, counts, weights = align_steps(
-            [s.denominator(module.loss_spec.normalize) for s in steps], [len(s.micro_batches) for s in steps],
-            [s.denominator("weighted") for s in steps],
-        )
-        items = flatten_steps(steps, dens, counts, weights)
-        for ep in episodes:  # the micro-batches hold their own copies of the teacher's hidden states
-            for t in ep.turns:
-                t.teacher_hidden = None
-        self.last_episodes, self.last_epoch = episodes, epoch
-        module.epoch_stats = episode_stats(episodes) | {"rollout_seconds": t1 - t0} | timings
-        if done:
-            log.info("resuming epoch %d after its first %d of %d micro-batches", epoch, done, len(items))
-        return DataLoader(_EpochItems(items, done), batch_size=None, collate_fn=_identity)
-
+    # -- evaluation -----------------------------------------------------------------------------------
     def val_dataloader(self) -> list[DataLoader]:
+        self.setup()
         rank, size = world()
         loaders = []
         for split in self.val_splits:
             games = shard(balanced(find_games(split, self.data_root), self.val_games), rank, size)
             # A rank with no game still gets one (empty) batch: Lightning rejects empty loaders.
             per_rollout = self.val_batch or max(1, len(games))
-            batches = [games[i : i + per_rollout] for i in range(0, len(games), per_rollout)] or [[]]
-            loaders.append(DataLoader(batches, batch_size=None, shuffle=False, collate_fn=_identity))
+            label = f"eval {split}"
+            batches = [GameBatch(games[i : i + per_rollout], self.player, label)
+                       for i in range(0, len(games), per_rollout)]
+            loaders.append(DataLoader(batches or [GameBatch([], self.player, label)], batch_size=None, shuffle=False,
+                                      collate_fn=_identity))
         return loaders
 
 
@@ -265,24 +273,3 @@ def balanced(games: list[GameInfo], n: int | None) -> list[GameInfo]:
             if group and len(out) < n:
                 out.append(group.pop(0))
     return out
-
-
-def episode_stats(episodes: list[Episode]) -> dict[str, float]:
-    """Per-epoch rollout summary: success, length, gate label rates, mean teacher confidence."""
-    turns = [t for ep in episodes for t in ep.turns]
-    n_ep, n_turn = max(1, len(episodes)), max(1, len(turns))
-    labels = [str(t.gate_label or "").lower() for t in turns]
-    conf = [c for t in turns if t.confidence for c in t.confidence]
-    stats = {
-        "episode_success": sum(ep.success for ep in episodes) / n_ep,
-        "episode_length": sum(ep.length for ep in episodes) / n_ep,
-        "invalid_format_rate": sum(not t.valid_format for t in turns) / n_turn,
-        "gate/skip_rate": labels.count("skip") / n_turn,
-        "gate/weak_rate": labels.count("weak") / n_turn,
-        "gate/strong_rate": labels.count("strong") / n_turn,
-        "gate/intervene_rate": labels.count("intervene") / n_turn,
-        "gate_mean": sum(t.gate for t in turns) / n_turn,
-        "confidence_mean": sum(conf) / len(conf) if conf else 1.0,
-        "turns": float(len(turns)),
-    }
-    return stats

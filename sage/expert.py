@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from sage.envs import GameInfo, PromptBuilder, walkthrough
 from sage.rollout.generation import Generation, SamplingParams
-from sage.rollout.loop import RolloutConfig, rollout
+from sage.rollout.loop import rollout
 from sage.rollout.records import Episode
+from sage.specs import RolloutSpec
 
 EXPERT_ANSWER = "<think>The next step of my plan is to {action}.</think><action>{action}</action>"
 
@@ -56,7 +57,7 @@ def expert_episodes(
     games: Sequence[GameInfo],
     prompt: PromptBuilder,
     tokenizer,
-    cfg: RolloutConfig,
+    cfg: RolloutSpec,
     pool,
     chunk: int | None = None,
     answer: str = EXPERT_ANSWER,

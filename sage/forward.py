@@ -44,16 +44,17 @@ def budget_batches(lengths: Sequence[int], max_tokens: int, max_rows: int | None
     return batches
 
 
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> tuple[Tensor, Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` ``[B, S]``: no position bookkeeping, no fully
-    masked rows (training and scoring forwards never need left padding)."""
+def pad_right(seqs: Sequence[Sequence], fill=0, dtype: torch.dtype = torch.long, device=None) -> tuple[Tensor, Tensor]:
+    """Right-padded values ``[B, S]`` (``fill`` after each row's end) and the attention mask (1 on real
+    entries): no position bookkeeping, no fully masked rows (training and scoring forwards never need
+    left padding). Also pads per-token fields of the same rows (masks, gates, weights)."""
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    out = torch.full((len(seqs), width), fill, dtype=dtype)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-        attn[i, : len(s)] = 1
-    return ids.to(device), attn.to(device)
+        out[i, : len(s)] = torch.as_tensor(list(s), dtype=dtype)
+        mask[i, : len(s)] = 1
+    return out.to(device), mask.to(device)
 
 
 def predicting(targets: Tensor) -> Tensor:

@@ -17,13 +17,13 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from sage.errors import InputError
+from sage.specs import ModelSpec, check_choice
 
 log = logging.getLogger(__name__)
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
@@ -36,7 +36,6 @@ MODEL_MAX_LENGTH = 8192
 DTYPES = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64,
 }
-INITS = ("pretrained", "random")
 
 
 HUB_PROBE_SECONDS = 3.0  # how long an unreachable Hub may take to tell us so
@@ -60,52 +59,13 @@ class CheckpointMismatchError(InputError, ValueError):
     """A checkpoint whose student weights do not fit this student (another model, size or LoRA setting)."""
 
 
-@dataclass
-class LoraSpec:
-    """peft LoRA settings; ``target_modules="all-linear"`` adapts every linear layer except the LM head."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to build one model; typed so LightningCLI/jsonargparse can build it from YAML.
-
-    ``num_layers`` keeps only the first N decoder layers (for ``tiny-random`` it is the layer count):
-    a cheap smaller student that shares the teacher's tokenizer. ``lora=None`` means full fine-tuning.
-    ``dtype="auto"``: bfloat16 on a GPU for weights that are not trained (the teacher, a LoRA student's
-    base), float32 otherwise (a fully fine-tuned student keeps float32 master weights; bf16-mixed
-    autocast computes in bf16). ``init="random"``: the architecture from ``name_or_path``'s config with
-    random weights (throughput and memory benchmarks at real shapes; never for success rates).
-    """
-
-    name_or_path: str
-    dtype: str = "auto"
-    num_layers: int | None = None
-    lora: LoraSpec | None = None
-    seed: int = 0
-    gradient_checkpointing: bool = False
-    attn_implementation: str | None = None  # e.g. "sdpa", "eager"; None = transformers' default
-    init: str = "pretrained"
-
-    def __post_init__(self) -> None:
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}; allowed: auto, {', '.join(DTYPES)}")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r}; allowed: {', '.join(INITS)}")
-
-
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu", trained: bool = True) -> torch.dtype:
     """A dtype name (or ``"auto"``, see `ModelSpec`) as a torch dtype for weights on ``device``."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" and not trained else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    check_choice("dtype", dtype, tuple(DTYPES))
     return DTYPES[dtype]
 
 

@@ -1,38 +1,42 @@
 """The LightningModule: trainable student, frozen teacher, and the (SAGE-)OPD / GKD / SFT objective.
 
 Optimization is manual because one optimizer step spans a variable number of token-budget
-micro-batches (one dataloader item each, see `sage.batching`): every item carries its step's global
+micro-batches (one dataloader item each, see `sage.experience`): every item carries its step's global
 normalization denominator and a `step_end` flag, so gradient accumulation and the number of ranks
-never change the loss (METHOD.md, Normalization).
+never change the loss (docs/METHOD.md, Normalization).
 """
 
 from __future__ import annotations
-
-import time
-from dataclasses import replace
-from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from sage.distill.annotate import Annotator
 from sage.distill.fused import chunked_token_loss
 from sage.distill.judge import JudgePrompt, TurnJudge
-from sage.distill.objective import LossSpec, token_weights
-from sage.distill.specs import ConfidenceSpec, GateSpec
+from sage.distill.objective import normalized, token_weights
 from sage.distill.teacher import TeacherScorer
 from sage.forward import output_head, predicting, selected_hidden
 from sage.models import (
-    ModelSpec,
+    check_student_state,
     check_tokenizers,
     keep_adapter_inputs,
     load_model,
     load_tokenizer,
     vocab_rows,
 )
-from sage.rollout.records import Episode
-
-OBJECTIVES = ("distill", "sft")
+from sage.rollout.player import GameBatch
+from sage.specs import (
+    OBJECTIVES,
+    ConfidenceSpec,
+    GateSpec,
+    LossSpec,
+    ModelSpec,
+    Objective,
+    SpecError,
+    check_choice,
+)
 
 
 class SageModule(L.LightningModule):
@@ -43,7 +47,7 @@ class SageModule(L.LightningModule):
         self,
         student: ModelSpec,
         teacher: ModelSpec | None = None,
-        objective: Literal["distill", "sft"] = "distill",
+        objective: Objective = "distill",
         loss: LossSpec | None = None,
         gate: GateSpec | None = None,
         confidence: ConfidenceSpec | None = None,
@@ -53,8 +57,7 @@ class SageModule(L.LightningModule):
         grad_clip: float | None = 1.0,
     ) -> None:
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective={objective!r}; allowed: {', '.join(OBJECTIVES)}")
+        check_choice("model.objective", objective, OBJECTIVES)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the trainable student weights
@@ -62,10 +65,8 @@ class SageModule(L.LightningModule):
         self.loss_spec = loss or LossSpec()
         self.gate_spec = gate or GateSpec()
         self.confidence_spec = confidence or ConfidenceSpec()
-        if objective == "sft":  # SFT trains every served token with weight 1
-            self.gate_spec = replace(self.gate_spec, mode="always")
-            self.confidence_spec = replace(self.confidence_spec, kind="none")
-            self.loss_spec = replace(self.loss_spec, normalize="opd")
+        if objective == "sft":
+            _check_sft_specs(self.gate_spec, self.confidence_spec, self.loss_spec)
         self.judge_prompt = judge_prompt
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -81,8 +82,9 @@ class SageModule(L.LightningModule):
             check_tokenizers(self.tokenizer, self._teacher_tokenizer)
         self.student = self.teacher = None
         self.vocab_rows: int | None = None
+        self.annotator: Annotator | None = None
         self._acc: dict[str, float] = {}
-        self.epoch_stats: dict[str, float] = {}
+        self._epoch_stats: dict[str, float] = {}
 
     def configure_model(self, device: str | torch.device | None = None) -> None:
         """Build student and teacher once, straight on the trainer's device in their target dtype (Lightning
@@ -102,6 +104,7 @@ class SageModule(L.LightningModule):
         precision = str(self._trainer.precision) if self._trainer is not None else ""
         if self.student_spec.lora is not None and "mixed" in precision:
             keep_adapter_inputs(self.student)
+        self.annotator = self.make_annotator()
 
     def setup(self, stage: str) -> None:
         strategy = type(self.trainer.strategy).__name__
@@ -109,39 +112,22 @@ class SageModule(L.LightningModule):
             raise NotImplementedError(
                 f"strategy {strategy} is not supported yet: rollouts call the student outside forward, which "
                 "needs FSDP's summon_full_params, and LoRA mixes frozen and trainable weights in one unit. "
-                "Use strategy=ddp (tested), or deepspeed/fsdp after adding that (see README, Scale-out)."
+                "Use strategy=ddp (tested; README, Paper scale on a GPU)."
             )
 
-    # -- data annotation (called by the DataModule after each rollout) -------------------------
-    @torch.no_grad()
-    def annotate(self, episodes: list[Episode], transcript: bool) -> dict[str, float]:
-        """Gate every turn (judge), then the teacher's one pass over the student's tokens (distillation):
-        kappa and log pi_T per token, and the teacher's hidden states the loss will need.
-
-        Only turns with g_t > 0 are scored: a skipped turn's weight is 0 whatever kappa is (and it adds
-        only its token count to the `opd` denominator), so scoring it would be wasted teacher time.
-        Returns the seconds each part took (`judge_seconds`, `score_seconds`)."""
-        t0 = time.perf_counter()
-        g = self.gate_spec
-        judge = TurnJudge(
-            mode=g.mode, labels=g.labels, weak_weight=g.weak_weight, history_len=g.history_len,
-            prompt=self.judge_prompt, model=self.teacher, tokenizer=self.tokenizer, max_batch=g.max_batch,
-        )
-        judge.judge(episodes)
-        t1 = time.perf_counter()
-        if self.objective != "distill":
-            return {"judge_seconds": t1 - t0, "score_seconds": 0.0}
+    # -- the teacher's work on a rollout (used by the DataModule's experience builder) ------------
+    def make_annotator(self) -> Annotator:
+        """Judge + (distillation) the teacher's one pass, from the current specs and models."""
         c, spec = self.confidence_spec, self.loss_spec
-        scorer = TeacherScorer(
-            self.teacher, confidence_kind=c.kind, confidence_min=c.min, turn_average=c.turn_average,
-            temperature=spec.temperature, vocab_rows=self.vocab_rows, chunk_tokens=spec.chunk_tokens,
-            keep_hidden=spec.divergence != "sampled_reverse_kl",  # that loss reads only log pi_T(y)
-        )
-        if transcript:
-            scorer.score_episodes([ep for ep in episodes if any(t.gate > 0 for t in ep.turns)])
-        else:
-            scorer.score_turns([t for ep in episodes for t in ep.turns if t.gate > 0])
-        return {"judge_seconds": t1 - t0, "score_seconds": time.perf_counter() - t1}
+        judge = TurnJudge.from_spec(self.gate_spec, self.judge_prompt, self.teacher, self.tokenizer)
+        scorer = None
+        if self.objective == "distill":
+            scorer = TeacherScorer(
+                self.teacher, confidence_kind=c.kind, confidence_min=c.min, turn_average=c.turn_average,
+                temperature=spec.temperature, vocab_rows=self.vocab_rows, chunk_tokens=spec.chunk_tokens,
+                keep_hidden=spec.divergence != "sampled_reverse_kl",  # that loss reads only log pi_T(y)
+            )
+        return Annotator(judge, scorer)
 
     # -- training -------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -178,10 +164,11 @@ class SageModule(L.LightningModule):
             vocab_rows=self.vocab_rows, chunk_tokens=spec.chunk_tokens,
             teacher_target_logprobs=item["teacher_logprobs"][:, 1:][pred] if kind == "sampled_reverse_kl" else None,
         )
-        denominator = item["denominator"].to(total.device, total.dtype).clamp(min=spec.eps)
-        return total / denominator, {"tokens": float(pred.sum())}
+        return normalized(total, item["denominator"], spec.eps), {"tokens": float(pred.sum())}
 
     def training_step(self, item: dict, batch_idx: int) -> torch.Tensor:
+        if "epoch_stats" in item:  # the first item of an epoch brings the rollout's summary
+            self._epoch_stats = item["epoch_stats"]
         opt = self.optimizers()
         world = self.trainer.world_size
         if "input_ids" in item:
@@ -224,18 +211,14 @@ class SageModule(L.LightningModule):
         self._acc = {}
 
     def on_train_epoch_end(self) -> None:
-        for k, v in self.epoch_stats.items():
+        for k, v in self._epoch_stats.items():
             self.log(f"train/{k}", float(v), on_step=False, on_epoch=True, batch_size=1)
+        self._epoch_stats = {}
 
     # -- evaluation -------------------------------------------------------------------------------
-    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        if isinstance(batch, list):  # evaluation games: nothing to move
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
-    def validation_step(self, games, batch_idx: int, dataloader_idx: int = 0):
-        dm = self.trainer.datamodule
-        return {"episodes": dm.play(games, greedy=True), "split_index": dataloader_idx}
+    def validation_step(self, batch: GameBatch, batch_idx: int, dataloader_idx: int = 0):
+        """Play the batch's games greedily with this module's own student."""
+        return {"episodes": batch.play(self.student, self.tokenizer, greedy=True), "split_index": dataloader_idx}
 
     # -- checkpoints: the trainable student only ---------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -244,8 +227,18 @@ class SageModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another student (loading is non-strict, so it would load partially)."""
-        from sage.models import check_student_state
-
         expected = {f"student.{n}": p.shape for n, p in self.student.named_parameters() if p.requires_grad}
         source = checkpoint.get("hyper_parameters", {}).get("student")
         check_student_state(expected, checkpoint["state_dict"], self.hparams.get("student"), source)
+
+
+def _check_sft_specs(gate: GateSpec, confidence: ConfidenceSpec, loss: LossSpec) -> None:
+    """SFT trains every served token with weight 1 over a token mean: refuse settings it would ignore."""
+    wrong = [f"{k}={v!r}" for k, v, want in (
+        ("model.gate.mode", gate.mode, "always"), ("model.confidence.kind", confidence.kind, "none"),
+        ("model.loss.normalize", loss.normalize, "opd")) if v != want]
+    if wrong:
+        raise SpecError(
+            f"model.objective=sft trains every served token with weight 1, but {', '.join(wrong)}: set "
+            "model.gate.mode always, model.confidence.kind none and model.loss.normalize opd (configs/sft.yaml does)"
+        )

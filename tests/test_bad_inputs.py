@@ -23,11 +23,14 @@ from pathlib import Path
 import pytest
 
 from sage.cli import main
-from sage.envs import EnvPool, PromptBuilder, bundled_root, find_games
+from sage.envs import PromptBuilder, bundled_root, find_games
 from sage.rollout.chat import ChatCodec, Transcript
 from sage.rollout.generation import HFGenerator
-from sage.rollout.loop import ContextLimitError, RolloutConfig, rollout
+from sage.rollout.loop import ContextLimitError, rollout
+from sage.specs import RolloutSpec
 from tests.helpers import make_episode, make_turn, tiny_model, tiny_tokenizer
+
+MAX_TURNS, POOL_WORKERS = 2, 1  # the `pool` fixture (conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODELS = [
@@ -35,7 +38,7 @@ TINY_MODELS = [
     "--model.teacher.name_or_path", "tiny-random", "--model.teacher.seed", "1",
 ]
 SMALL_RUN = [
-    "--data.train_games", "2", "--data.max_steps", "2", "--data.val_games", "1", "--data.env_workers", "1",
+    "--data.train_games", "2", "--data.max_turns", "2", "--data.val_games", "1", "--data.env_workers", "1",
     "--data.rollout.max_new_tokens", "8", "--data.samples_per_step", "4", "--trainer.max_epochs", "1",
     "--trainer.check_val_every_n_epoch", "100", "--trainer.accelerator", "cpu",
     "--trainer.enable_progress_bar", "false",
@@ -193,6 +196,13 @@ def test_value_the_classes_refuse_is_one_message(tmp_path, monkeypatch, capsys):
     assert "Union subtypes" not in err and "Namespace(" not in err  # jsonargparse's wrapping is peeled off
 
 
+def test_sft_with_specs_it_would_ignore_is_refused(tmp_path, monkeypatch, capsys):
+    code, err = run_sage(sage_args(tmp_path, "--model.objective", "sft", config="configs/sage_opd.yaml"),
+                         monkeypatch, capsys)
+    assert code == 2 and "model.objective=sft trains every served token with weight 1" in err
+    assert "model.gate.mode='teacher_judge'" in err and "configs/sft.yaml" in err
+
+
 # -- models ------------------------------------------------------------------------------------------
 def test_student_teacher_tokenizer_mismatch(tmp_path, monkeypatch, capsys):
     tok = tiny_tokenizer()
@@ -239,20 +249,14 @@ def test_judge_labels_that_collide_after_tokenization():
 # -- context length ----------------------------------------------------------------------------------
 def test_context_limit_without_room_for_a_prompt(tmp_path, monkeypatch, capsys):
     code, err = run_sage(sage_args(tmp_path, "--data.rollout.max_context_tokens", "8"), monkeypatch, capsys)
-    assert code == 2 and "rollout.max_context_tokens=8 leaves no room for a prompt beside rollout.max_new_tokens=8" in err
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with EnvPool(num_workers=1, max_steps=2) as p:
-        yield p
+    assert code == 2 and "data.rollout.max_context_tokens=8 leaves no room for a prompt beside data.rollout.max_new_tokens=8" in err
 
 
 def test_context_limit_below_the_first_prompt_window_truncates(pool, caplog):
     """Stated fallback (window): the prompt is left-truncated to fit, the episode is flagged, a warning
     says how large the limit must be."""
     games, tok = find_games("valid_seen", limit=1), tiny_tokenizer()
-    cfg = RolloutConfig(max_new_tokens=8, max_context_tokens=100)
+    cfg = RolloutSpec(max_new_tokens=8, max_context_tokens=100)
     with caplog.at_level(logging.WARNING, logger="sage.rollout.loop"):
         (ep,) = rollout(HFGenerator(tiny_model(), tok), pool, games, PromptBuilder(), tok, cfg, greedy=True)
     assert ep.truncated and ep.length == 2 and all(len(t.context_ids) == 100 - 8 for t in ep.turns)
@@ -280,7 +284,7 @@ def test_context_limit_below_some_first_prompts_transcript_skips_them(pool, capl
     codec_len = [first[g] for g in games]
     assert codec_len[0] < codec_len[1]
     limit = codec_len[0] + 8 + (codec_len[1] - codec_len[0]) // 2
-    cfg = RolloutConfig(context_mode="transcript", max_new_tokens=8, max_context_tokens=limit)
+    cfg = RolloutSpec(context_mode="transcript", max_new_tokens=8, max_context_tokens=limit)
     with caplog.at_level(logging.WARNING, logger="sage.rollout.loop"):
         eps = rollout(HFGenerator(tiny_model(), tok), pool, games, PromptBuilder(), tok, cfg, greedy=True)
     assert eps[1].truncated and eps[1].length == 0 and not eps[1].won
@@ -289,7 +293,7 @@ def test_context_limit_below_some_first_prompts_transcript_skips_them(pool, capl
     assert f"{games[1].game_id}: {codec_len[1]} tokens" in caplog.text
     with pytest.raises(ContextLimitError, match="smaller than the first prompt of every game"):
         rollout(HFGenerator(tiny_model(), tok), pool, games, PromptBuilder(), tok,
-                RolloutConfig(context_mode="transcript", max_new_tokens=8, max_context_tokens=min(codec_len)), greedy=True)
+                RolloutSpec(context_mode="transcript", max_new_tokens=8, max_context_tokens=min(codec_len)), greedy=True)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
@@ -312,7 +316,8 @@ def test_checkpoint_from_a_different_student(untouched, monkeypatch, capsys, stu
 
 def test_export_never_leaves_a_half_written_model(tmp_path, monkeypatch):
     from callbacks.export import export_student
-    from sage.models import ModelSpec, load_model
+    from sage.models import load_model
+    from sage.specs import ModelSpec
 
     class Module:
         student, tokenizer = load_model(ModelSpec("tiny-random")), tiny_tokenizer()

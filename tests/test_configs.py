@@ -69,15 +69,13 @@ def test_paper_scale_sets_the_paper_models(name, teacher, student):
 
 def test_qwen3_thinking_is_off_for_the_student_and_the_judge():
     c = instantiate([CONFIGS / "sage_opd.yaml", CONFIGS / "scale/paper_qwen3.yaml"], TINY_TEACHER)
-    assert c.datamodule.rollout_cfg.chat_template_kwargs == {"enable_thinking": False}
+    assert c.datamodule.rollout_spec.chat_template_kwargs == {"enable_thinking": False}
     assert c.model.judge_prompt.chat_template_kwargs == {"enable_thinking": False}
 
 
 def _toggled(override: str | None):
     configs = [CONFIGS / "sage_opd.yaml"] + ([CONFIGS / "ablations" / override] if override else [])
-    c = instantiate(configs, TINY_TEACHER)
-    toggles = next(cb for cb in c.trainer.callbacks if type(cb).__name__ == "AblationToggles")
-    toggles.apply(c.model)
+    c = instantiate(configs, TINY_TEACHER)  # the overlays set the specs themselves
     c.model.configure_model()
     return c.model
 
@@ -101,7 +99,7 @@ def test_ablations_change_what_the_loss_uses():
     def annotated(model):
         turns = [make_turn(k, context_ids=[1, 30 + k, 31], response_ids=[40, 41 + k]) for k in range(4)]
         eps = [make_episode(turns)]
-        model.annotate(eps, transcript=False)
+        model.annotator(eps, transcript=False)
         return eps
 
     full = annotated(_toggled(None))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sage.data import SageDataModule, balanced, episode_stats
+from sage.data import SageDataModule, balanced
 from sage.envs import TASK_TYPES, find_games
+from sage.experience import episode_stats
 from tests.helpers import make_episode, make_turn
 
 
@@ -28,8 +29,8 @@ def test_episode_stats_count_gate_labels_and_success():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"source": "web"}, "source"),
-    ({"val_splits": ["valid_seen", "test"]}, "unknown split 'test'"),
-    ({"train_split": "dev"}, "unknown split 'dev'"),
+    ({"val_splits": ["valid_seen", "test"]}, "unknown ALFWorld split 'test'"),
+    ({"train_split": "dev"}, "unknown ALFWorld split 'dev'"),
 ])
 def test_bad_datamodule_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -14,10 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sage.batching import build_steps, flatten_steps, window_samples
-from sage.distill.objective import LossSpec
 from sage.distributed import align_steps, shard
-from sage.models import ModelSpec
 from sage.module import SageModule
+from sage.specs import LossSpec, ModelSpec
 from tests.helpers import make_episode, make_turn, with_teacher_pass
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +97,7 @@ def test_tiny_fit_under_ddp_on_two_cpu_processes(tmp_path):
     args = [
         sys.executable, "-m", "sage.cli", "fit", "--config", str(ROOT / "configs/opd.yaml"),
         "--model.student.name_or_path", "tiny-random", "--model.teacher.name_or_path", "tiny-random",
-        "--model.teacher.seed", "1", "--data.train_games", "3", "--data.max_steps", "2",
+        "--model.teacher.seed", "1", "--data.train_games", "3", "--data.max_turns", "2",
         "--data.val_games", "1", "--data.env_workers", "1", "--data.rollout.max_new_tokens", "8",
         "--data.samples_per_step", "2", "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
         "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2",

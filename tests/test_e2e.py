@@ -13,13 +13,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sage.cli import cli
-from sage.data import SPLIT_KEYS
-from sage.envs import EnvPool
-from sage.models import ModelSpec, load_model
+from sage.envs import split_key
+from sage.models import load_model
+from sage.specs import ModelSpec
 from tests.helpers import assert_float32_close
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_STEPS = 3
+MAX_TURNS = 3
 
 
 def tiny_args(tmp: Path, epochs: int = 2, val_every: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
@@ -27,7 +27,7 @@ def tiny_args(tmp: Path, epochs: int = 2, val_every: int = 1, extra: tuple[str, 
         "--config", str(ROOT / "configs/sage_opd.yaml"),
         "--model.student.name_or_path", "tiny-random", "--model.student.num_layers", "2",
         "--model.teacher.name_or_path", "tiny-random", "--model.teacher.seed", "1",
-        "--data.train_games", "3", "--data.max_steps", str(MAX_STEPS), "--data.val_games", "1",
+        "--data.train_games", "3", "--data.max_turns", str(MAX_TURNS), "--data.val_games", "1",
         "--data.rollout.max_new_tokens", "10", "--data.samples_per_step", "4",
         "--data.max_tokens_per_micro_batch", "1500",
         "--trainer.check_val_every_n_epoch", str(val_every), "--trainer.enable_progress_bar", "false",
@@ -36,12 +36,6 @@ def tiny_args(tmp: Path, epochs: int = 2, val_every: int = 1, extra: tuple[str, 
         "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(tmp),
         "--trainer.logger.init_args.save_dir", str(tmp), "--trainer.logger.init_args.version", "v",
     ]
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with EnvPool(num_workers=2, max_steps=MAX_STEPS) as p:
-        yield p
 
 
 def build(args: list[str], pool):
@@ -89,8 +83,9 @@ def test_fit_then_validate(tmp_path, pool, capsys):
     assert state and all(k.startswith("student.") for k in state)
 
     v = build(tiny_args(tmp_path / "val", extra=("--data.val_games", "2")), pool)
-    played, play = [], v.datamodule.play
-    v.datamodule.play = lambda *a, **k: played.extend(eps := play(*a, **k)) or eps
+    v.datamodule.setup()
+    played, play = [], v.datamodule.player.play
+    v.datamodule.player.play = lambda *a, **k: played.extend(eps := play(*a, **k)) or eps
     v.trainer.validate(v.model, datamodule=v.datamodule, ckpt_path=str(ckpt))
     for k, val in state.items():  # a loaded copy: bit for bit
         assert torch.equal(v.model.state_dict()[k], val), k
@@ -100,7 +95,7 @@ def test_fit_then_validate(tmp_path, pool, capsys):
     assert res["games"]["seen"]["overall"] == 2 and res["games"]["unseen"]["overall"] == 2
     assert 0.0 <= res["success"]["unseen"]["overall"] <= 1.0
     for split in ("seen", "unseen"):  # turn-level rates recomputed from the episodes that were played
-        turns = [t for ep in played if SPLIT_KEYS[ep.split] == split for t in ep.turns]
+        turns = [t for ep in played if split_key(ep.split) == split for t in ep.turns]
         assert turns and all(t.admissible for t in turns)
         rates = res["turn_rates"][split]
         assert rates["turns"] == len(turns)
@@ -129,15 +124,20 @@ def test_steps_whose_turns_are_all_skipped_leave_the_student_alone(tmp_path, poo
     """Under `opd` normalization the denominator still counts skipped tokens; the step must not call
     the optimizer anyway (AdamW's momentum would move the weights on zero gradients)."""
     c = build(tiny_args(tmp_path, epochs=1, val_every=100, extra=("--model.loss.normalize", "opd")), pool)
-    annotate = c.model.annotate
+    make_annotator = c.model.make_annotator
 
-    def skip_everything(episodes, transcript):
-        out = annotate(episodes, transcript)
-        for t in (t for ep in episodes for t in ep.turns):
-            t.gate = 0.0
-        return out
+    def skipping_annotator():
+        annotate = make_annotator()
 
-    c.model.annotate = skip_everything
+        def skip_everything(episodes, transcript):
+            out = annotate(episodes, transcript)
+            for t in (t for ep in episodes for t in ep.turns):
+                t.gate = 0.0
+            return out
+
+        return skip_everything
+
+    c.model.make_annotator = skipping_annotator
     c.trainer.fit(c.model, datamodule=c.datamodule)
     assert c.trainer.global_step == 0  # the optimizer was never stepped
     start = load_model(ModelSpec("tiny-random", num_layers=2)).state_dict()
@@ -176,8 +176,9 @@ def test_mid_epoch_resume_matches_an_uninterrupted_run(tmp_path, pool):
     ckpt = next((tmp_path / "ckpts").glob(f"epoch=1-step={stop}.ckpt"))
 
     resumed = build(tiny_args(tmp_path / "part2", epochs=2, val_every=never, extra=small), pool)
-    played, play = [], resumed.datamodule.play
-    resumed.datamodule.play = lambda *a, **k: played.append(1) or play(*a, **k)
+    resumed.datamodule.setup()
+    played, play = [], resumed.datamodule.player.play
+    resumed.datamodule.player.play = lambda *a, **k: played.append(1) or play(*a, **k)
     resumed.trainer.fit(resumed.model, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
     assert played == []  # epoch 1 went on with its kept rollouts
     assert resumed.trainer.global_step == full.trainer.global_step
@@ -192,11 +193,12 @@ def test_mid_epoch_resume_matches_an_uninterrupted_run(tmp_path, pool):
         ("transcript", ("--data.rollout.context_mode", "transcript")),
         ("sampled_kl", ("--model.loss.divergence", "sampled_reverse_kl", "--model.gate.labels", "[SKIP, INTERVENE]")),
         ("sft_expert", ("--config", str(ROOT / "configs/sft.yaml"), "--model.teacher", "null",
-                        "--data.max_steps", str(MAX_STEPS), "--data.train_games", "3",
+                        "--data.max_turns", str(MAX_TURNS), "--data.train_games", "3",
                         "--trainer.check_val_every_n_epoch", "100")),
         # float64 teacher: its batched, KV-cached rollout and the direct forward below are the same math
         ("sft_teacher", ("--model.objective", "sft", "--data.source", "teacher", "--data.teacher_won_only", "false",
-                         "--model.teacher.dtype", "float64")),
+                         "--model.teacher.dtype", "float64", "--model.gate.mode", "always",
+                         "--model.confidence.kind", "none", "--model.loss.normalize", "opd")),
         ("bf16_mixed", ("--trainer.precision", "bf16-mixed")),
     ],
 )
@@ -211,7 +213,7 @@ def test_one_epoch_variants_train(tmp_path, pool, name, extra):
     rows = list(csv.DictReader((Path(c.trainer.log_dir) / "metrics.csv").read_text().splitlines()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses and all(math.isfinite(x) for x in losses)
-    eps = c.datamodule.last_episodes
+    eps = c.datamodule.experience.episodes
     assert len(eps) == 3
     if name == "transcript":
         assert all(ep.sequence_ids for ep in eps)

@@ -9,11 +9,7 @@ import pytest
 
 from sage.envs import SPLITS, TASK_TYPES, AlfworldEnv, EnvPool, GameLoadError, walkthrough
 
-
-@pytest.fixture(scope="module")
-def pool():
-    with EnvPool(num_workers=2, max_steps=50, recycle_after=1000) as pool:
-        yield pool
+MAX_TURNS, POOL_RECYCLE_AFTER = 50, 1000  # the `pool` fixture (conftest.py)
 
 
 def play(pool, plans):

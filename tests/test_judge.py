@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from helpers import biased_model, float32_tol, make_episode, make_turn, tiny_tokenizer
 
 from sage.distill.judge import TurnJudge
 from sage.distill.judge_prompt import JudgePrompt
+from tests.helpers import biased_model, float32_tol, make_episode, make_turn, tiny_tokenizer
 
 THREE = ("SKIP", "WEAK", "STRONG")
 TWO = ("SKIP", "INTERVENE")
@@ -98,7 +98,7 @@ def test_probabilities_do_not_depend_on_batching(tok):
 
 
 def test_prompt_has_history_and_feedback_but_no_outcome(tok, biased):
-    judge = TurnJudge(model=biased, tokenizer=tok, history_len=2,
+    judge = TurnJudge(model=biased, tokenizer=tok, judge_history=2,
                       prompt=JudgePrompt(answer_prefix="Verdict:"))
     ep = _episodes()[0]
     text = judge.prompt_text(ep, 3)
@@ -126,7 +126,7 @@ def test_always_and_feedback_rule():
 
 
 def test_configuration_errors(tok, biased):
-    with pytest.raises(ValueError, match="unknown gate mode"):
+    with pytest.raises(ValueError, match="gate mode='oracle'; allowed: teacher_judge, always, feedback_rule"):
         TurnJudge(mode="oracle")
     with pytest.raises(ValueError, match="teacher model"):
         TurnJudge(mode="teacher_judge")

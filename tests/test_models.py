@@ -5,11 +5,8 @@ import shutil
 
 import pytest
 import torch
-from helpers import tiny_model, tiny_tokenizer
 
 from sage.models import (
-    LoraSpec,
-    ModelSpec,
     TokenizerMismatchError,
     check_tokenizers,
     load_model,
@@ -18,6 +15,8 @@ from sage.models import (
     smollm2_path,
     vocab_rows,
 )
+from sage.specs import LoraSpec, ModelSpec
+from tests.helpers import tiny_model, tiny_tokenizer
 
 
 def _same_weights(a, b) -> bool:

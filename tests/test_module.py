@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from sage.batching import build_steps, flatten_steps, window_samples
-from sage.distill.objective import LossSpec
-from sage.distill.specs import ConfidenceSpec, GateSpec
-from sage.models import ModelSpec
 from sage.module import SageModule
+from sage.specs import ConfidenceSpec, GateSpec, LossSpec, ModelSpec
 from tests.helpers import make_episode, make_turn, with_teacher_pass
 
 
@@ -104,7 +102,9 @@ def test_weighted_loss_matches_a_hand_assembled_value(chunk_tokens):
 
 
 def test_sft_loss_is_token_cross_entropy():
-    module = SageModule(student=ModelSpec("tiny-random", dtype="float64"), objective="sft")
+    module = SageModule(student=ModelSpec("tiny-random", dtype="float64"), objective="sft",
+                        gate=GateSpec(mode="always"), confidence=ConfidenceSpec(kind="none"),
+                        loss=LossSpec(normalize="opd"))
     module.configure_model()
     eps = _episodes()
     for t in eps[0].turns:  # SFT serves every turn with weight 1
@@ -153,20 +153,20 @@ def test_annotate_uses_the_configured_gate_and_confidence():
     module.teacher = freeze(biased_model({i: 50.0 for i in skip_ids}, seed=1))
     for t in eps[0].turns:
         t.confidence = None
-    module.annotate(eps, transcript=False)
+    module.make_annotator()(eps, transcript=False)
     turns = eps[0].turns
     assert [t.gate_label for t in turns] == ["SKIP"] * 3 and all(t.gate == 0.0 for t in turns)
     assert all(t.confidence is None and t.teacher_hidden is None for t in turns)  # skipped: no teacher pass
 
     module.gate_spec = GateSpec(mode="always")
-    module.annotate(eps, transcript=False)
+    module.make_annotator()(eps, transcript=False)
     assert all(len(t.confidence) == len(t.response_ids) for t in turns)
     assert all(0 < c <= 1 and not math.isnan(c) for t in turns for c in t.confidence)
     assert all(t.teacher_hidden.shape == (len(t.response_ids), 64) for t in turns)  # what the loss will need
 
 
 def test_checkpoint_keeps_only_trainable_student_weights():
-    from sage.models import LoraSpec
+    from sage.specs import LoraSpec
 
     module = SageModule(student=ModelSpec("tiny-random", lora=LoraSpec(r=2, alpha=4, dropout=0.0)),
                         teacher=ModelSpec("tiny-random", seed=1))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sage.distill.divergence import token_divergence
-from sage.distill.objective import LossSpec, step_denominator, weighted_loss
+from sage.distill.objective import step_denominator, weighted_loss
+from sage.specs import LossSpec
 from tests.helpers import assert_equal_up_to_float64_rounding
 
 LOSS = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
@@ -118,15 +119,15 @@ def test_step_denominator_sums_over_micro_batches_independently_of_eps():
 def test_bad_config_values_raise_clearly():
     with pytest.raises(ValueError, match=r"'mean'.*weighted"):
         step_denominator(MASK, GATE, CONF, "mean")
-    with pytest.raises(ValueError, match=r"loss.divergence='kl'.*reverse_kl"):
+    with pytest.raises(ValueError, match=r"model.loss.divergence='kl'.*reverse_kl"):
         LossSpec(divergence="kl")
-    with pytest.raises(ValueError, match=r"loss.normalize='sum'.*opd"):
+    with pytest.raises(ValueError, match=r"model.loss.normalize='sum'.*opd"):
         LossSpec(normalize="sum")
-    with pytest.raises(ValueError, match=r"loss.beta=2"):
+    with pytest.raises(ValueError, match=r"model.loss.beta=2"):
         LossSpec(divergence="jsd", beta=2.0)
-    with pytest.raises(ValueError, match=r"loss.temperature=0"):
+    with pytest.raises(ValueError, match=r"model.loss.temperature=0"):
         LossSpec(temperature=0.0)
-    with pytest.raises(ValueError, match=r"loss.eps=0"):
+    with pytest.raises(ValueError, match=r"model.loss.eps=0"):
         LossSpec(eps=0.0)
 
 

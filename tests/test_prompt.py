@@ -54,14 +54,14 @@ def test_window_messages_first_turn():
     assert user.endswith("<think>...</think><action>go to desk 1</action>")
 
 
-def test_window_messages_keeps_last_n_pairs():
+def test_window_messages_shows_the_pairs_it_is_given():
     history = [
         (INTRO, "go to bed 1"),
         ("On the bed 1, you see a book 1.", "take book 1 from bed 1"),
         ("You pick up the book 1 from the bed 1.", "go to desk 1"),
     ]
-    msgs = PromptBuilder(history_len=2).window_messages(
-        "put some book on desk.", history, "You arrive.", ["look"]
+    msgs = PromptBuilder().window_messages(
+        "put some book on desk.", history[-2:], "You arrive.", ["look"], step=3
     )
     user = msgs[-1]["content"]
     assert "already taken 3 step(s). Below are the most recent 2 observations" in user
@@ -70,9 +70,9 @@ def test_window_messages_keeps_last_n_pairs():
         "[Observation 3: You pick up the book 1 from the bed 1.]\n[Action 3: go to desk 1]\n\n"
     ) in user
     assert "Action 1:" not in user and "You are now at step 4 " in user
-    explicit = PromptBuilder(history_len=1).window_messages("t", history[-1:], "o", ["look"], step=7)
+    explicit = PromptBuilder().window_messages("t", history[-1:], "o", ["look"], step=7)
     assert "[Observation 7: " in explicit[-1]["content"] and "step 8 " in explicit[-1]["content"]
-    none = PromptBuilder(history_len=0).window_messages("t", history, "o", ["look"])
+    none = PromptBuilder().window_messages("t", [], "o", ["look"], step=3)
     assert "Observation" not in none[-1]["content"]
 
 
@@ -105,12 +105,11 @@ def test_template_is_configurable_from_yaml_like_config():
     cfg = parser.parse_object(
         {
             "prompt": {
-                "history_len": 3,
                 "template": {"system": "Be brief.", "hidden_actions": ["help", "look"]},
             }
         }
     )
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
     builder = instantiate(cfg).prompt
-    assert builder.history_len == 3 and builder.template.system == "Be brief."
+    assert builder.template.system == "Be brief."
     assert builder.format_admissible(ADMISSIBLE) == "- go to bed 1\n- go to desk 1\n- inventory"

@@ -8,16 +8,11 @@ import torch
 from sage.envs import EnvPool, PromptBuilder, find_games
 from sage.expert import expert_episodes
 from sage.rollout.generation import HFGenerator
-from sage.rollout.loop import RolloutConfig, rollout
+from sage.rollout.loop import rollout
+from sage.specs import RolloutSpec
 from tests.helpers import assert_float32_close, tiny_model, tiny_tokenizer
 
-MAX_STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with EnvPool(num_workers=2, max_steps=MAX_STEPS) as p:
-        yield p
+MAX_TURNS = 3
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +31,11 @@ def _tokens(episodes):
 @pytest.mark.parametrize("mode", ["window", "transcript"])
 def test_batched_rollout_equals_per_game_rollout(pool, setup, mode):
     games, model, tok, prompt = setup
-    cfg = RolloutConfig(context_mode=mode, max_new_tokens=12)
+    cfg = RolloutSpec(context_mode=mode, max_new_tokens=12)
     batched = rollout(HFGenerator(model, tok), pool, games, prompt, tok, cfg, greedy=True)
     single = [rollout(HFGenerator(model, tok), pool, [g], prompt, tok, cfg, greedy=True)[0] for g in games]
     assert _tokens(batched) == _tokens(single)
-    assert [ep.length for ep in batched] == [MAX_STEPS] * len(games)  # a random policy never wins
+    assert [ep.length for ep in batched] == [MAX_TURNS] * len(games)  # a random policy never wins
     for b, s in zip(batched, single, strict=True):
         assert [t.feedback for t in b.turns] == [t.feedback for t in s.turns]
         for tb, ts in zip(b.turns, s.turns, strict=True):
@@ -54,7 +49,7 @@ def test_batched_rollout_equals_per_game_rollout(pool, setup, mode):
 @pytest.mark.parametrize("mode", ["window", "transcript"])
 def test_recorded_logprobs_match_a_fresh_forward(pool, setup, mode):
     games, model, tok, prompt = setup
-    cfg = RolloutConfig(context_mode=mode, max_new_tokens=12, temperature=0.7)
+    cfg = RolloutSpec(context_mode=mode, max_new_tokens=12, temperature=0.7)
     episodes = rollout(HFGenerator(model, tok, seed=1), pool, games[:2], prompt, tok, cfg)
     for ep in episodes:
         for t in ep.turns:
@@ -68,7 +63,7 @@ def test_recorded_logprobs_match_a_fresh_forward(pool, setup, mode):
 
 def test_transcript_sequence_marks_exactly_the_students_tokens(pool, setup):
     games, model, tok, prompt = setup
-    cfg = RolloutConfig(context_mode="transcript", max_new_tokens=8)
+    cfg = RolloutSpec(context_mode="transcript", max_new_tokens=8)
     (ep,) = rollout(HFGenerator(model, tok), pool, games[:1], prompt, tok, cfg, greedy=True)
     assert len(ep.sequence_ids) == len(ep.student_mask) == len(ep.turn_index)
     assert sum(ep.student_mask) == sum(len(t.response_ids) for t in ep.turns)
@@ -82,7 +77,7 @@ def test_transcript_sequence_marks_exactly_the_students_tokens(pool, setup):
 
 def test_sampled_rollouts_are_reproducible(pool, setup):
     games, model, tok, prompt = setup
-    cfg = RolloutConfig(max_new_tokens=8)
+    cfg = RolloutSpec(max_new_tokens=8)
     a = rollout(HFGenerator(model, tok, seed=4), pool, games[:2], prompt, tok, cfg)
     b = rollout(HFGenerator(model, tok, seed=4), pool, games[:2], prompt, tok, cfg)
     assert _tokens(a) == _tokens(b)
@@ -91,22 +86,22 @@ def test_sampled_rollouts_are_reproducible(pool, setup):
 def test_long_contexts_follow_the_stated_policy(pool, setup):
     games, model, tok, prompt = setup
     # window: prompts (~300 tokens) cannot fit 200 tokens -> left-truncated, flagged, no crash
-    cfg = RolloutConfig(max_new_tokens=8, max_context_tokens=200)
+    cfg = RolloutSpec(max_new_tokens=8, max_context_tokens=200)
     eps = rollout(HFGenerator(model, tok), pool, games[:1], prompt, tok, cfg, greedy=True)
-    assert eps[0].truncated and eps[0].length == MAX_STEPS
+    assert eps[0].truncated and eps[0].length == MAX_TURNS
     assert all(len(t.context_ids) <= 200 - 8 for t in eps[0].turns)
     # transcript: the episode stops (not won) once the chat would overflow
     first_len = len(rollout(HFGenerator(model, tok), pool, games[:1], prompt, tok,
-                            RolloutConfig(context_mode="transcript", max_new_tokens=8), greedy=True)[0].sequence_ids)
-    cfg = RolloutConfig(context_mode="transcript", max_new_tokens=8, max_context_tokens=first_len - 20)
+                            RolloutSpec(context_mode="transcript", max_new_tokens=8), greedy=True)[0].sequence_ids)
+    cfg = RolloutSpec(context_mode="transcript", max_new_tokens=8, max_context_tokens=first_len - 20)
     eps = rollout(HFGenerator(model, tok), pool, games[:1], prompt, tok, cfg, greedy=True)
-    assert eps[0].truncated and not eps[0].won and 1 <= eps[0].length < MAX_STEPS
+    assert eps[0].truncated and not eps[0].won and 1 <= eps[0].length < MAX_TURNS
 
 
 def test_expert_walkthrough_through_the_loop_wins(setup):
     games, _, tok, prompt = setup
     with EnvPool(num_workers=1, max_steps=50) as pool:
         for mode in ("window", "transcript"):
-            eps = expert_episodes(games, prompt, tok, RolloutConfig(context_mode=mode), pool)
+            eps = expert_episodes(games, prompt, tok, RolloutSpec(context_mode=mode), pool)
             assert all(ep.won for ep in eps), [ep.game_id for ep in eps if not ep.won]
             assert all(t.valid_format for ep in eps for t in ep.turns)

@@ -4,12 +4,13 @@ Float64 tiny teachers: batched (padded) and unbatched forwards then agree to ~1e
 
 import pytest
 import torch
-from helpers import make_episode, make_turn, tiny_model, transcript_episode
 
 from sage.distill.confidence import teacher_confidence
 from sage.distill.teacher import TeacherScorer
 from sage.forward import budget_batches, pad_right, predicting, selected_hidden
-from sage.models import LoraSpec, ModelSpec, freeze, load_model
+from sage.models import freeze, load_model
+from sage.specs import LoraSpec, ModelSpec
+from tests.helpers import make_turn, tiny_model, transcript_episode
 
 TOL = 1e-12
 
@@ -70,15 +71,12 @@ def test_score_episodes_agrees_with_score_turns(teacher):
     ep = transcript_episode(_ids(gen, 6), [(_ids(gen, 4), _ids(gen, 3)), (_ids(gen, 2), _ids(gen, 5)), (_ids(gen, 3), [])])
     window = [make_turn(step=t.step, context_ids=ep.sequence_ids[: t.offset], response_ids=t.response_ids) for t in ep.turns]
     TeacherScorer(teacher, "max_prob", turn_average=True).score_turns(window)
-    scorer = TeacherScorer(teacher, "max_prob", turn_average=True)
-    plain = make_episode([make_turn(step=0, context_ids=[1, 4], response_ids=[7, 8])])
-    scorer.score([ep, plain])  # dispatches: transcript episode as one sequence, the other per turn
+    TeacherScorer(teacher, "max_prob", turn_average=True).score_episodes([ep])
     for t, w in zip(ep.turns, window, strict=True):
         for a, b in ((t.teacher_logprobs, w.teacher_logprobs), (t.confidence, w.confidence)):
             torch.testing.assert_close(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
                                        rtol=0, atol=TOL)
         torch.testing.assert_close(t.teacher_hidden, w.teacher_hidden, rtol=0, atol=TOL)
-    assert len(plain.turns[0].teacher_logprobs) == 2
 
 
 def test_hidden_states_are_dropped_when_not_kept(teacher):
@@ -98,7 +96,7 @@ def test_scoring_errors(teacher):
     empty = make_turn(response_ids=[])
     scorer.score_turns([empty])
     assert empty.teacher_logprobs == [] and empty.confidence == []
-    with pytest.raises(ValueError, match="confidence kind 'peak'.*max_prob"):
+    with pytest.raises(ValueError, match="confidence kind='peak'; allowed: max_prob"):
         TeacherScorer(teacher, "peak")
 
 

@@ -17,9 +17,10 @@ import pytest
 from callbacks.transcripts import episode_record, write_jsonl
 from sage.distill.judge import TurnJudge
 from sage.distill.teacher import TeacherScorer
-from sage.envs import EnvPool, PromptBuilder, find_games
+from sage.envs import PromptBuilder, find_games
 from sage.rollout.generation import HFGenerator
-from sage.rollout.loop import RolloutConfig, rollout
+from sage.rollout.loop import rollout
+from sage.specs import RolloutSpec
 from sage.view import build_html, load_run, main
 from tests.helpers import tiny_model, tiny_tokenizer
 
@@ -28,15 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+MAX_TURNS, POOL_WORKERS = 3, 1  # the `pool` fixture (conftest.py)
+
+
 @pytest.fixture(scope="module")
-def episodes():
+def episodes(pool):
     """Two bundled games played by a tiny random student, judged and scored by a tiny teacher; one
     turn's game text made hostile (the real games have no markup to escape)."""
     tok, student, teacher = tiny_tokenizer(), tiny_model(seed=5), tiny_model(seed=1)
     games = find_games("valid_seen", limit=2)
-    with EnvPool(num_workers=1, max_steps=3) as pool:
-        eps = rollout(HFGenerator(student, tok, seed=0), pool, games, PromptBuilder(), tok,
-                      RolloutConfig(context_mode="window", max_new_tokens=12))
+    eps = rollout(HFGenerator(student, tok, seed=0), pool, games, PromptBuilder(), tok,
+                  RolloutSpec(context_mode="window", max_new_tokens=12))
     TurnJudge(model=teacher, tokenizer=tok).judge(eps)
     TeacherScorer(teacher).score_turns([t for ep in eps for t in ep.turns if t.gate > 0])
     eps[0].turns[1].observation += HOSTILE

@@ -1,18 +1,20 @@
-"""Distillation objective: token divergences, teacher confidence, gating and step-wide normalization."""
+"""Distillation objective: token divergences, teacher confidence, gating and step-wide normalization
+(docs/METHOD.md); the typed settings live in `sage.specs`."""
 
-from sage.distill.confidence import CONFIDENCE_KINDS, teacher_confidence
-from sage.distill.divergence import DIVERGENCE_KINDS, sampled_log_ratio, target_logprobs, token_divergence
-from sage.distill.objective import NORMALIZE_KINDS, LossSpec, step_denominator, weighted_loss
+from sage.distill.confidence import teacher_confidence
+from sage.distill.divergence import target_logprobs, token_divergence
+from sage.distill.fused import chunked_token_loss, head_logits, teacher_token_stats
+from sage.distill.objective import normalized, step_denominator, token_weights, weighted_loss
 
 __all__ = [
-    "CONFIDENCE_KINDS",
-    "DIVERGENCE_KINDS",
-    "NORMALIZE_KINDS",
-    "LossSpec",
-    "sampled_log_ratio",
+    "chunked_token_loss",
+    "head_logits",
+    "normalized",
     "step_denominator",
     "target_logprobs",
     "teacher_confidence",
+    "teacher_token_stats",
     "token_divergence",
+    "token_weights",
     "weighted_loss",
 ]

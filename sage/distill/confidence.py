@@ -1,4 +1,4 @@
-"""Teacher confidence kappa per token (METHOD.md, "Teacher confidence").
+"""Teacher confidence kappa per token (docs/METHOD.md, "Teacher confidence").
 
 Distillation terms on positions where the teacher itself is unsure (drifted or ambiguous histories)
 are down-weighted by kappa. kappa is a weight, not something to optimise: it is always detached.
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CONFIDENCE_KINDS: tuple[str, ...] = ("max_prob", "neg_entropy", "none")
+from sage.specs import CONFIDENCE_KINDS, check_choice, check_temperature
 
 
 def _turn_average(kappa: Tensor, valid: Tensor, turn_ids: Tensor | None) -> Tensor:
@@ -62,10 +62,8 @@ def teacher_confidence(
     when it is None each row is one turn. Tokens outside any turn keep their own value. The floor
     ``minimum`` is applied last, so every returned value is >= minimum.
     """
-    if kind not in CONFIDENCE_KINDS:
-        raise ValueError(f"unknown confidence kind {kind!r}; expected one of {CONFIDENCE_KINDS}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    check_choice("confidence kind", kind, CONFIDENCE_KINDS)
+    check_temperature(temperature)
     shape = teacher_logits.shape[:-1]
     if kind == "none":
         kappa = torch.ones(shape, dtype=torch.float32, device=teacher_logits.device)

@@ -1,4 +1,4 @@
-"""Per-token divergences between the student and the frozen teacher (METHOD.md, "Token loss").
+"""Per-token divergences between the student and the frozen teacher (docs/METHOD.md, "Token loss").
 
 Every function returns one value per position, ``[B, T]``; masking, gating, confidence weighting and
 normalization happen later in :mod:`sage.distill.objective`, so nothing here reduces over tokens.
@@ -21,20 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DIVERGENCE_KINDS: tuple[str, ...] = ("reverse_kl", "sampled_reverse_kl", "forward_kl", "jsd")
+from sage.specs import DIVERGENCES, check_choice, check_range, check_temperature
 
 # Log-probabilities are clamped here so that -inf logits (vocab masking) give 0 * finite = 0 instead of NaN.
 _LOG_FLOOR = -1e30
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in DIVERGENCE_KINDS:
-        raise ValueError(f"unknown divergence kind {kind!r}; expected one of {DIVERGENCE_KINDS}")
-
-
-def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    check_choice("divergence", kind, DIVERGENCES)
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -60,7 +54,7 @@ def target_logprobs(logits: Tensor, target_ids: Tensor, temperature: float = 1.0
     Negative ids (e.g. the ``-100`` ignore label on padding) read row 0; their value is meaningless and
     must be masked by the caller. Ids beyond the vocabulary raise instead of silently reading garbage.
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     vocab = logits.shape[-1]
     if target_ids.shape != logits.shape[:-1]:
         raise ValueError(
@@ -103,24 +97,6 @@ def _sampled_parts(
     return logp_s, logp_t.to(logp_s.dtype)
 
 
-def sampled_log_ratio(
-    student_logits: Tensor,
-    teacher_logits: Tensor | None,
-    target_ids: Tensor,
-    temperature: float = 1.0,
-    teacher_target_logprobs: Tensor | None = None,
-) -> Tensor:
-    """Detached ``log pi_s(y) - log pi_T(y)`` on the sampled tokens: the one-sample reverse-KL estimate.
-
-    For logging; its negative is the per-token advantage of the on-policy distillation recipe.
-    """
-    with torch.no_grad():
-        logp_s, logp_t = _sampled_parts(
-            student_logits, teacher_logits, target_ids, temperature, teacher_target_logprobs
-        )
-        return logp_s - logp_t
-
-
 def token_divergence(
     student_logits: Tensor,
     teacher_logits: Tensor | None,
@@ -156,9 +132,8 @@ def token_divergence(
     ``target_ids`` is only read by ``sampled_reverse_kl`` (may be None for the other kinds).
     """
     _check_kind(kind)
-    _check_temperature(temperature)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"jsd beta must be in [0, 1], got {beta!r}")
+    check_temperature(temperature)
+    check_range("beta", beta, 0.0, 1.0)
 
     if kind == "sampled_reverse_kl":
         logp_s, logp_t = _sampled_parts(

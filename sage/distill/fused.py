@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from sage.distill.confidence import CONFIDENCE_KINDS, teacher_confidence
-from sage.distill.divergence import DIVERGENCE_KINDS, target_logprobs, token_divergence
+from sage.distill.confidence import teacher_confidence
+from sage.distill.divergence import target_logprobs, token_divergence
+from sage.specs import CONFIDENCE_KINDS, DIVERGENCES, check_choice, check_range, check_temperature
 
-FUSED_KINDS: tuple[str, ...] = (*DIVERGENCE_KINDS, "sft")
+FUSED_KINDS: tuple[str, ...] = (*DIVERGENCES, "sft")
 
 
 def _is_plain_linear(head: torch.nn.Module) -> bool:
@@ -91,8 +92,7 @@ def head_logits(hidden: Tensor, head: torch.nn.Module, vocab_rows: int | None = 
 
 
 def _check_common(temperature: float, chunk_tokens: int) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    check_temperature(temperature)
     if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be an int >= 1, got {chunk_tokens!r}")
 
@@ -137,8 +137,7 @@ def teacher_token_stats(
     Negative targets (ignore labels) read column 0 and must be masked by the caller.
     """
     _check_common(temperature, chunk_tokens)
-    if confidence not in CONFIDENCE_KINDS:
-        raise ValueError(f"unknown confidence kind {confidence!r}; expected one of {CONFIDENCE_KINDS}")
+    check_choice("confidence kind", confidence, CONFIDENCE_KINDS)
     _check_hidden("t_hidden", t_hidden)
     n = t_hidden.shape[0]
     _check_tokens("targets", targets, n, integer=True)
@@ -179,11 +178,9 @@ def chunked_token_loss(
     Each chunk runs under a non-reentrant checkpoint: only its inputs are saved and its ``[chunk, V]``
     intermediates are recomputed in backward (one more head forward per chunk, student and teacher).
     """
-    if kind not in FUSED_KINDS:
-        raise ValueError(f"unknown loss kind {kind!r}; expected one of {FUSED_KINDS}")
+    check_choice("loss kind", kind, FUSED_KINDS)
     _check_common(temperature, chunk_tokens)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"jsd beta must be in [0, 1], got {beta!r}")
+    check_range("beta", beta, 0.0, 1.0)
     _check_hidden("s_hidden", s_hidden)
     n = s_hidden.shape[0]
     _check_tokens("weights", weights, n)

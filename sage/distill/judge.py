@@ -1,4 +1,4 @@
-"""The turn gate g_t (METHOD.md): which student turns get distilled, and how strongly.
+"""The turn gate g_t (docs/METHOD.md, Turn gate): which student turns get distilled, and how strongly.
 
 Modes:
 - ``teacher_judge`` (SAGE): the teacher reads task, recent history, the student's response and the
@@ -19,22 +19,19 @@ import torch
 from sage.distill.divergence import target_logprobs
 from sage.distill.fused import head_logits
 from sage.distill.judge_prompt import JudgePrompt
+from sage.envs import normalize_command
 from sage.errors import InputError
 from sage.forward import budget_batches, model_device, output_head, pad_right, predicting, selected_hidden
+from sage.progress import Phase
 from sage.rollout.chat import ChatCodec
 from sage.rollout.records import Episode, Turn
+from sage.specs import GATE_MODES, JUDGE_SCORINGS, GateSpec, check_choice
 
-JUDGE_MODES = ("teacher_judge", "always", "feedback_rule")
-SCORING = ("auto", "first_token", "full")
 DEFAULT_WEIGHTS = {"SKIP": 0.0, "STRONG": 1.0, "INTERVENE": 1.0}  # WEAK: weak_weight
 
 
 class JudgeLabelError(InputError, ValueError):
     """Judge labels that the teacher's tokenizer cannot tell apart (or that have no gate weight)."""
-
-
-def _norm_action(action: str) -> str:
-    return " ".join(action.lower().split())
 
 
 class TurnJudge:
@@ -52,7 +49,7 @@ class TurnJudge:
         labels: Sequence[str] = ("SKIP", "WEAK", "STRONG"),
         weights: dict[str, float] | None = None,
         weak_weight: float = 0.5,
-        history_len: int = 2,
+        judge_history: int = 2,
         prompt: JudgePrompt | None = None,
         model=None,
         tokenizer=None,
@@ -60,10 +57,8 @@ class TurnJudge:
         scoring: str = "auto",
         fail_markers: Sequence[str] = ("Nothing happens.",),
     ):
-        if mode not in JUDGE_MODES:
-            raise ValueError(f"unknown gate mode {mode!r}; expected one of {JUDGE_MODES}")
-        if scoring not in SCORING:
-            raise ValueError(f"unknown judge scoring {scoring!r}; expected one of {SCORING}")
+        check_choice("gate mode", mode, GATE_MODES)
+        check_choice("judge scoring", scoring, JUDGE_SCORINGS)
         labels = tuple(labels)
         if mode == "teacher_judge":
             if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
@@ -76,10 +71,15 @@ class TurnJudge:
             if missing:
                 raise ValueError(f"no gate weight for label(s) {missing}: pass weights={{label: gate}}")
         self.mode, self.labels, self.weights = mode, labels, weights or {}
-        self.history_len, self.max_batch, self.scoring = history_len, max_batch, scoring
+        self.judge_history, self.max_batch, self.scoring = judge_history, max_batch, scoring
         self.prompt = prompt or JudgePrompt()
         self.model, self.tokenizer = model, tokenizer
         self.fail_markers = tuple(fail_markers)
+
+    @classmethod
+    def from_spec(cls, spec: GateSpec, prompt: JudgePrompt | None, model, tokenizer) -> TurnJudge:
+        return cls(mode=spec.mode, labels=spec.labels, weak_weight=spec.weak_weight, judge_history=spec.judge_history,
+                   prompt=prompt, model=model, tokenizer=tokenizer, max_batch=spec.max_batch, scoring=spec.scoring)
 
     def judge(self, episodes: Sequence[Episode]) -> None:
         if self.mode == "always":
@@ -96,15 +96,15 @@ class TurnJudge:
 
     def rule_intervenes(self, turn: Turn, previous: Turn | None) -> bool:
         failed = any(m in turn.feedback for m in self.fail_markers)
-        repeated = previous is not None and _norm_action(turn.action) == _norm_action(previous.action)
+        repeated = previous is not None and normalize_command(turn.action) == normalize_command(previous.action)
         return failed or repeated or not turn.valid_format
 
     # --- teacher_judge -------------------------------------------------------------------------
     def prompt_text(self, episode: Episode, k: int) -> str:
         """The judge prompt for turn k as text (chat template + assistant header + answer prefix)."""
         t = episode.turns[k]
-        first = max(0, k - self.history_len)
-        history = [(h.observation, h.action) for h in episode.turns[first:k]] if self.history_len > 0 else []
+        first = max(0, k - self.judge_history)
+        history = [(h.observation, h.action) for h in episode.turns[first:k]] if self.judge_history > 0 else []
         msgs = self.prompt.messages(
             self.labels, episode.task, history, t.observation, t.response_text, t.feedback, t.action, t.admissible
         )
@@ -141,8 +141,9 @@ class TurnJudge:
         return self.scoring == "first_token" or (self.scoring == "auto" and distinct)
 
     @torch.no_grad()
-    def label_logprobs(self, prompts: list[list[int]], label_ids: list[list[int]]) -> torch.Tensor:
-        """``[N, n_labels]`` log-probabilities of each label after each prompt (not yet renormalized)."""
+    def label_logprobs(self, prompts: list[list[int]], label_ids: list[list[int]], phase: Phase | None = None) -> torch.Tensor:
+        """``[N, n_labels]`` log-probabilities of each label after each prompt (not yet renormalized);
+        `phase` (progress display) advances by prompts scored."""
         n_lab = len(label_ids)
         first_token = self.use_first_token(label_ids)
         if first_token:  # one row per prompt; the first label token is predicted from the prompt's last token
@@ -173,6 +174,8 @@ class TurnJudge:
                 counts = targets.sum(1).tolist()
                 lp = torch.stack([part.sum() for part in per_token.split(counts)])[:, None]
             out[torch.tensor(batch)] = lp.double().cpu()
+            if phase is not None:
+                phase.update(len(batch) if first_token else len(batch) / n_lab)
         return out.view(len(prompts), n_lab)
 
     def _judge_with_teacher(self, episodes: Sequence[Episode]) -> None:
@@ -181,9 +184,12 @@ class TurnJudge:
             return
         texts = [self.prompt_text(e, k) for e, k in items]
         label_ids = self.label_token_ids(texts[0])
-        probs = torch.softmax(self.label_logprobs([self._encode(s) for s in texts], label_ids), dim=-1)
-        for (e, k), p in zip(items, probs, strict=True):
-            t = e.turns[k]
-            t.gate_probs = {lab: float(x) for lab, x in zip(self.labels, p, strict=True)}
-            t.gate_label = self.labels[int(p.argmax())]
-            t.gate = float(self.weights[t.gate_label])
+        with Phase("judge", total=len(items), unit="turn") as phase:
+            probs = torch.softmax(self.label_logprobs([self._encode(s) for s in texts], label_ids, phase), dim=-1)
+            for (e, k), p in zip(items, probs, strict=True):
+                t = e.turns[k]
+                t.gate_probs = {lab: float(x) for lab, x in zip(self.labels, p, strict=True)}
+                t.gate_label = self.labels[int(p.argmax())]
+                t.gate = float(self.weights[t.gate_label])
+            counts = {lab: sum(e.turns[k].gate_label == lab for e, k in items) for lab in self.labels}
+            phase.close(f"{len(items)} turns: " + ", ".join(f"{lab} {n}" for lab, n in counts.items()))

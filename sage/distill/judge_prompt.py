@@ -1,7 +1,7 @@
-"""The teacher-judge prompt: all of its text lives here and is configurable from YAML (``gate.prompt``).
+"""The teacher-judge prompt: all of its text lives here and is configurable from YAML (``model.judge_prompt``).
 
 The judge sees the task, the recent history, the student's response and the environment's feedback,
-never the won/done flag or a reward: the gate must stay verifier-free (METHOD.md, turn gate).
+never the won/done flag or a reward: the gate must stay verifier-free (docs/METHOD.md, turn gate).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gate x confidence weighting and step-wide normalization of the token loss (METHOD.md, "Normalization").
+"""Gate x confidence weighting and step-wide normalization of the token loss (docs/METHOD.md, "Normalization").
 
 The step loss is ``L = sum(g * kappa * l * mask) / D`` where the sums run over the whole optimizer step
 (every micro-batch, every rank) and ``D`` is
@@ -24,20 +24,14 @@ with a graph back to ``token_loss`` (zero gradients), even if ``token_loss`` hol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-from sage.distill.divergence import DIVERGENCE_KINDS
-
-NORMALIZE_KINDS: tuple[str, ...] = ("weighted", "opd")
+from sage.specs import NORMALIZATIONS, check_choice
 
 
 def _check_normalize(normalize: str) -> None:
-    if normalize not in NORMALIZE_KINDS:
-        raise ValueError(f"unknown loss normalization {normalize!r}; expected one of {NORMALIZE_KINDS}")
+    check_choice("normalize", normalize, NORMALIZATIONS)
 
 
 def token_weights(mask: Tensor, gate: Tensor, confidence: Tensor) -> Tensor:
@@ -80,31 +74,13 @@ def weighted_loss(
     w = token_weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype))
     active = w != 0
     loss = torch.where(active, token_loss.to(dtype), torch.zeros((), dtype=dtype, device=token_loss.device))
-    denom = torch.as_tensor(denominator, dtype=dtype, device=token_loss.device).detach().clamp(min=eps)
-    return (w * loss).sum() / denom
+    return normalized((w * loss).sum(), denominator, eps)
 
 
-@dataclass
-class LossSpec:
-    """Typed loss config (``loss:`` in YAML): token divergence and normalization."""
+def normalized(numerator: Tensor, denominator: Tensor | float, eps: float = 1e-8) -> Tensor:
+    """A micro-batch's ``sum(g * kappa * l)`` over the step's total denominator, clamped at ``eps``.
 
-    divergence: Literal["reverse_kl", "sampled_reverse_kl", "forward_kl", "jsd"] = "reverse_kl"
-    beta: float = 0.5  # jsd only: 0 = forward KL, 1 = reverse KL
-    temperature: float = 1.0
-    normalize: Literal["weighted", "opd"] = "weighted"
-    eps: float = 1e-8
-    chunk_tokens: int = 1024  # tokens per chunk of the full-vocabulary loss (peak memory ~ 32 B x chunk x vocab)
-
-    def __post_init__(self) -> None:
-        if self.divergence not in DIVERGENCE_KINDS:
-            raise ValueError(f"loss.divergence={self.divergence!r} is not one of {DIVERGENCE_KINDS}")
-        if self.normalize not in NORMALIZE_KINDS:
-            raise ValueError(f"loss.normalize={self.normalize!r} is not one of {NORMALIZE_KINDS}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"loss.beta={self.beta!r} must be in [0, 1]")
-        if not self.temperature > 0:
-            raise ValueError(f"loss.temperature={self.temperature!r} must be > 0")
-        if not self.eps > 0:
-            raise ValueError(f"loss.eps={self.eps!r} must be > 0")
-        if self.chunk_tokens < 1:
-            raise ValueError(f"loss.chunk_tokens={self.chunk_tokens!r} must be >= 1")
+    The training step computes that numerator chunk by chunk from hidden states
+    (`sage.distill.fused.chunked_token_loss`); `weighted_loss` is the same formula on a token-loss tensor."""
+    denom = torch.as_tensor(denominator, dtype=numerator.dtype, device=numerator.device).detach()
+    return numerator / denom.clamp(min=eps)

@@ -1,4 +1,4 @@
-"""The teacher's one pass over the student's tokens (METHOD.md kappa): per response token its log-prob
+"""The teacher's one pass over the student's tokens (docs/METHOD.md kappa): per response token its log-prob
 log pi_T(y_k | c, y_<k), its confidence kappa_k, and its final hidden state.
 
 The hidden state is what the training loss needs from the teacher: the step recomputes the teacher's
@@ -17,10 +17,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sage.distill.confidence import CONFIDENCE_KINDS
 from sage.distill.fused import teacher_token_stats
 from sage.forward import budget_batches, model_device, output_head, pad_right, predicting, selected_hidden
+from sage.progress import Phase
 from sage.rollout.records import Episode, Turn
+from sage.specs import CONFIDENCE_KINDS, check_choice, check_temperature
 
 
 def finish_confidence(kappa: list[float], minimum: float, turn_average: bool) -> list[float]:
@@ -49,10 +50,8 @@ class TeacherScorer:
         keep_hidden: bool = True,
         chunk_tokens: int = 1024,
     ):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if confidence_kind not in CONFIDENCE_KINDS:
-            raise ValueError(f"unknown confidence kind {confidence_kind!r}; expected one of {CONFIDENCE_KINDS}")
+        check_temperature(temperature)
+        check_choice("confidence kind", confidence_kind, CONFIDENCE_KINDS)
         self.model = model
         self.confidence_kind = confidence_kind
         self.confidence_min = confidence_min
@@ -68,8 +67,11 @@ class TeacherScorer:
         """For each sequence: (log-probs, raw kappa, hidden [n, H]) of the tokens at its positions (each
         predicted from the position before it; positions increase within a sequence)."""
         results: list = [None] * len(seqs)
+        if not seqs:
+            return results
         device = model_device(self.model)
         head = output_head(self.model)
+        phase = Phase("teacher", total=len(seqs), unit="seq")
         for batch in budget_batches([len(s) for s in seqs], self.max_batch_tokens):
             ids, attn = pad_right([seqs[i] for i in batch], device=device)
             targets = torch.zeros_like(ids, dtype=torch.bool)
@@ -87,6 +89,9 @@ class TeacherScorer:
                 h = hidden[start : start + n] if hidden is not None else None
                 results[i] = (logp[start : start + n], kappa[start : start + n], h)
                 start += n
+            phase.update(len(batch))
+        scored = sum(len(p) for p in positions)
+        phase.close(f"{len(seqs)} sequences, {scored} response tokens scored ({scored / max(phase.seconds, 1e-9):.0f}/s)")
         return results
 
     def score_turns(self, turns: Sequence[Turn]) -> None:
@@ -131,8 +136,3 @@ class TeacherScorer:
                 t.teacher_logprobs = [logp[n] for n in idx]
                 t.confidence = finish_confidence([kappa[n] for n in idx], self.confidence_min, self.turn_average)
                 t.teacher_hidden = hidden[idx[0] : idx[-1] + 1] if hidden is not None and idx else None
-
-    def score(self, episodes: Sequence[Episode]) -> None:
-        """Score every turn: transcript episodes (with ``sequence_ids``) as sequences, others turn by turn."""
-        self.score_episodes([e for e in episodes if e.sequence_ids is not None])
-        self.score_turns([t for e in episodes if e.sequence_ids is None for t in e.turns])

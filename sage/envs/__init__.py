@@ -13,6 +13,7 @@ from sage.envs.games import (
     canonical_split,
     find_games,
     resolve_data_root,
+    split_key,
     walkthrough,
 )
 from sage.envs.pool import EnvPool
@@ -38,6 +39,7 @@ __all__ = [
     "normalize_command",
     "parse_action",
     "resolve_data_root",
+    "split_key",
     "task_text",
     "walkthrough",
 ]

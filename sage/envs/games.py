@@ -70,6 +70,11 @@ def canonical_split(split: str) -> str:
         raise UnknownSplitError(f"unknown ALFWorld split {split!r}; allowed: {allowed}") from None
 
 
+def split_key(split: str) -> str:
+    """The short name a split's metrics are logged under: train, seen or unseen."""
+    return canonical_split(split).removeprefix("valid_")
+
+
 def task_type_of(task_dir: str) -> str | None:
     """Task type from a task directory name such as 'pick_two_obj_and_place-Book-None-Desk-309'."""
     prefix = task_dir.split("-", 1)[0]

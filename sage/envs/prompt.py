@@ -59,11 +59,8 @@ _BANNER_RE = re.compile(r"^\s*-=.*?=-\s*\n+")
 class PromptBuilder:
     """Chat messages ({"role", "content"} dicts) from the template; an empty system text sends none."""
 
-    def __init__(self, template: PromptTemplate | None = None, history_len: int = 2):
-        if history_len < 0:
-            raise ValueError(f"history_len must be >= 0, got {history_len}")
+    def __init__(self, template: PromptTemplate | None = None):
         self.template = template or PromptTemplate()
-        self.history_len = history_len
 
     def window_messages(
         self,
@@ -73,11 +70,11 @@ class PromptBuilder:
         admissible: list[str],
         step: int | None = None,
     ) -> list[dict]:
-        """`history` holds (observation, action) pairs in order, ideally the whole episode so far;
-        `step` (steps already taken) defaults to len(history)."""
+        """`history` holds the (observation, action) pairs to show, oldest first (the caller picks how many:
+        `RolloutSpec.window_history`); `step` (steps already taken) defaults to len(history)."""
         t = self.template
         step = len(history) if step is None else step
-        shown = history[-self.history_len :] if self.history_len else []
+        shown = list(history)
         text = ""
         if shown:
             first = step - len(shown) + 1

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from transformers.generation.stopping_criteria import StopStringCriteria
 
+from sage.forward import base_model, pad_right
 from sage.rollout.kv_cache import RaggedCache
 from sage.rollout.sampling import SamplingParams, pick_tokens, sampling_logprobs
 
@@ -85,7 +86,7 @@ class HFGenerator:
             raise ValueError(f"prefill_fill must be in (0, 1], got {prefill_fill}")
         self.model, self.tokenizer, self.seed = model, tokenizer, seed
         self.prefill_tokens, self.prefill_fill = prefill_tokens, prefill_fill
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         self._decoder, self._head = base.get_decoder(), base.get_output_embeddings()
         impl = getattr(base.config, "_attn_implementation", None) or "eager"
         if impl not in MASK_STYLES:
@@ -191,9 +192,7 @@ class HFGenerator:
                    and real + len(chunks[b]) >= self.prefill_fill * (b - a + 1) * width):
                 real += len(chunks[b])
                 b += 1
-            ids = torch.full((b - a, width), self.pad_id, dtype=torch.long)
-            for i in range(a, b):
-                ids[i - a, : len(chunks[i])] = torch.tensor(chunks[i], dtype=torch.long)
+            ids = pad_right(chunks[a:b], self.pad_id)[0]
             starts_host = self._cache.lengths[a:b]
             starts = torch.tensor(starts_host, dtype=torch.long, device=dev)
             last = torch.tensor([len(c) - 1 for c in chunks[a:b]], device=dev)

