@@ -79,7 +79,7 @@ class HFGenerator:
     ``prefill_fill``: a prefill group takes another (shorter) prompt only while at least this share of
     its padded positions stays real."""
 
-    def __init__(self, model, tokenizer, seed: int = 0, prefill_tokens: int = 8192, prefill_fill: float = 0.8):
+    def __init__(self, model, tokenizer, seed: int = 0, prefill_tokens: int = 8192, prefill_fill: float = 0.95):
         if prefill_tokens < 1:
             raise ValueError(f"prefill_tokens must be >= 1, got {prefill_tokens}")
         if not 0 < prefill_fill <= 1:
@@ -167,15 +167,22 @@ class HFGenerator:
         zero = torch.zeros((), dtype=torch.float32, device=keep.device)
         return torch.where(keep, zero, torch.finfo(torch.float32).min)
 
-    def _forward(self, first: int, ids: Tensor, starts: Tensor, kv_len: int, last: Tensor | None) -> Tensor:
-        """Run rows [first, first + b) on `ids` [b, q] written from `starts`; logits [b, V] after position `last`."""
+    def _forward(self, first: int, ids: Tensor, starts: Tensor, kv_len: int, last: Tensor | None,
+                 fresh: bool = False) -> Tensor:
+        """Run rows [first, first + b) on `ids` [b, q] written from `starts` (all 0 when `fresh`); logits
+        [b, V] after position `last`."""
         q = ids.shape[1]
         positions = starts[:, None] + torch.arange(q, device=ids.device)[None, :]
-        keep = torch.arange(kv_len, device=ids.device)[None, None, :] <= positions[:, :, None]
+        if fresh and q > 1:
+            # every row starts at column 0 (a fresh prefill): plain causal attention, which transformers
+            # hands to SDPA as is_causal (half the work of an explicit mask); right padding only follows
+            # a row's real tokens, so no real query sees it
+            mask = None
+        else:
+            mask = self._mask(torch.arange(kv_len, device=ids.device)[None, None, :] <= positions[:, :, None])
         self._cache.begin(first, starts, q, kv_len)
         out = self._decoder(
-            input_ids=ids, attention_mask=self._mask(keep), position_ids=positions, use_cache=True,
-            **{self._cache_kw: self._cache},
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_kw: self._cache},
         )
         hidden = out.last_hidden_state
         hidden = hidden[:, -1] if last is None else hidden[torch.arange(ids.shape[0], device=ids.device), last]
@@ -196,7 +203,7 @@ class HFGenerator:
             starts_host = self._cache.lengths[a:b]
             starts = torch.tensor(starts_host, dtype=torch.long, device=dev)
             last = torch.tensor([len(c) - 1 for c in chunks[a:b]], device=dev)
-            logits = self._forward(a, ids.to(dev), starts, max(starts_host) + width, last)
+            logits = self._forward(a, ids.to(dev), starts, max(starts_host) + width, last, fresh=max(starts_host) == 0)
             tok, lp = pick_tokens(logits, params, self._rng)
             toks.append(tok)
             lps.append(lp)

@@ -32,6 +32,7 @@ class RaggedCache(Cache):
         self._first = 0
         self._starts: Tensor | None = None  # [b] write position of each row of the current forward
         self._kv_len = 0
+        self._past = 0
         self._need_rows = 0
         self._need_len = 0
 
@@ -68,10 +69,12 @@ class RaggedCache(Cache):
             buf[dst] = buf[src]  # the right side is gathered first, so overlapping moves are safe
 
     # -- one forward ------------------------------------------------------------------------------
-    def begin(self, first: int, starts: Tensor, q: int, kv_len: int) -> None:
+    def begin(self, first: int, starts: Tensor, q: int, kv_len: int, past: int = 0) -> None:
         """Rows ``[first, first + len(starts))`` write ``q`` columns from ``starts`` (a device tensor);
-        attention reads their first ``kv_len`` columns (the caller's mask hides what a row does not own)."""
-        self._first, self._starts, self._kv_len = first, starts, kv_len
+        attention reads their first ``kv_len`` columns (the caller's mask hides what a row does not own).
+        ``past``: the rows' common start when they all start at the same column (0 for fresh rows),
+        which lets transformers build its own causal mask (see `get_mask_sizes`)."""
+        self._first, self._starts, self._kv_len, self._past = first, starts, kv_len, past
         self._need_rows = max(self._need_rows, first + starts.shape[0])
         self._need_len = max(self._need_len, kv_len)
 
@@ -108,8 +111,16 @@ class RaggedCache(Cache):
         v_rows.scatter_(2, index, value_states.to(v_buf.dtype))
         return k_rows[:, :, : self._kv_len], v_rows[:, :, : self._kv_len]
 
+    # transformers asks these when it builds a mask itself (no mask passed: fresh rows, causal); they
+    # describe the current forward's rows only.
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return max(self.lengths, default=0)
+        return self._past
+
+    def get_query_offset(self, *args, **kwargs) -> int:
+        return self._past
+
+    def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
+        return self._kv_len, 0
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
