@@ -201,3 +201,27 @@ def test_top_p_logprobs_renormalise_over_the_nucleus():
 def test_bad_sampling_params_are_rejected(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SamplingParams(**bad)
+
+
+@pytest.mark.parametrize("q, masked", [(1, True), (3, True), (6, True), (5, False)])
+def test_grouped_attention_equals_repeated_heads(q, masked):
+    """The rollout's attention reads each key/value head once for its group of query heads; it must equal
+    SDPA on explicitly repeated heads (float64), for decode (q=1), masked chunks and a fresh causal prefill."""
+    from sage.rollout.attention import grouped_sdpa
+
+    g = torch.Generator().manual_seed(q)
+    b, hkv, rep, d = 3, 2, 3, 8
+    s = q + b + 2 if masked else q  # every query row keeps at least one key
+    query = torch.randn(b, hkv * rep, q, d, generator=g, dtype=torch.float64)
+    key, value = (torch.randn(b, hkv, s, d, generator=g, dtype=torch.float64) for _ in range(2))
+    mask = None
+    if masked:  # ragged rows: row r owns its first s - r columns; query j sits at column s - r - q + j
+        own = torch.tensor([s - r for r in range(b)])
+        pos = own[:, None] - q + torch.arange(q)[None, :]
+        mask = (torch.arange(s)[None, None, :] <= pos[:, :, None])[:, None]
+    out, _ = grouped_sdpa(None, query, key, value, mask, scaling=0.3)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1), attn_mask=mask, scale=0.3,
+        is_causal=not masked,
+    ).transpose(1, 2)
+    torch.testing.assert_close(out, ref, rtol=0, atol=64 * torch.finfo(torch.float64).eps)

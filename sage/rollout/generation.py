@@ -25,6 +25,7 @@ from torch import Tensor
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from sage.forward import base_model, pad_right
+from sage.rollout.attention import NAME as GROUPED_SDPA
 from sage.rollout.kv_cache import RaggedCache
 from sage.rollout.sampling import SamplingParams, pick_tokens, sampling_logprobs
 
@@ -95,6 +96,8 @@ class HFGenerator:
                 f"the model uses {impl!r}: set model.*.attn_implementation: sdpa"
             )
         self._mask_style = MASK_STYLES[impl]
+        self._config = base.config
+        self._attention = GROUPED_SDPA if impl == "sdpa" else impl  # see sage.rollout.attention
         params = inspect.signature(type(self._decoder).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.x renamed it
         self.vocab = min(len(tokenizer), self._head.weight.shape[0])  # never sample padded head rows
@@ -243,6 +246,14 @@ class HFGenerator:
         dev = self.device
         if self._rng is None or self._rng.device != dev:
             self._rng = torch.Generator(device=dev).manual_seed(self.seed)
+        before = self._config._attn_implementation
+        self._config._attn_implementation = self._attention
+        try:
+            return self._generate(prompts, params, keys)
+        finally:
+            self._config._attn_implementation = before
+
+    def _generate(self, prompts, params: SamplingParams, keys) -> list[Generation]:
         # Longest chunk first: prefill groups are contiguous rows of similar length.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]) + self._held(keys, i))
         prompts = [prompts[i] for i in order]

@@ -90,7 +90,8 @@ class RaggedCache(Cache):
         rows, cols = k.shape[0], k.shape[2]
         if rows < self._need_rows or cols < self._need_len:
             new_rows = max(rows, self._need_rows)
-            new_cols = max(cols, -(-self._need_len // _LEN_STEP) * _LEN_STEP)
+            want = max(self._need_len, int(cols * 1.5)) if cols < self._need_len else cols  # geometric growth
+            new_cols = -(-want // _LEN_STEP) * _LEN_STEP
             grown = []
             for old in (k, v):
                 buf = old.new_zeros((new_rows, old.shape[1], new_cols, old.shape[3]))
