@@ -329,17 +329,48 @@ def main() -> None:
         "epoch_minutes_estimate": round(estimate, 2),
     }
     if args.estimate:
-        figures["estimate"] = paper_estimate(args, family, gen, judge, score, turns, env_clock.get("step", 0.0))
+        probe_dir = Path(tempfile.mkdtemp(prefix="sage-depth-probe-"))
+        try:
+            step_overhead = host_step_seconds(family, tok_dir, probe_dir)
+        finally:
+            shutil.rmtree(probe_dir, ignore_errors=True)
+        figures["estimate"] = paper_estimate(args, family, gen, judge, score, turns, env_clock.get("step", 0.0),
+                                             step_overhead)
     print(json.dumps(figures))
 
 
-def paper_estimate(args, family, gen, judge, score, turns, env_seconds) -> dict:
+def host_step_seconds(family: dict, tok_dir: Path, work: Path) -> float:
+    """Measured host time of one decode step of the student's architecture at its real depth but a tiny
+    width (so compute is negligible): the Python and dispatch cost eager PyTorch + transformers pay per
+    step whatever the device. A GPU host's CPU is usually faster than this machine's."""
+    from sage.models import load_model, load_tokenizer
+    from sage.rollout.generation import SamplingParams
+
+    kind, _, shape = family["student"]
+    thin = {k: v for k, v in {**shape, **TINY}.items() if k != "head_dim"}
+    cfg = make_config(kind, {**thin, "num_hidden_layers": shape["num_hidden_layers"], "vocab_size": 49152}, tiny=False)
+    folder = model_folder(work, "depth_probe", cfg, tok_dir)
+    model = load_model(ModelSpec(str(folder), init="random", dtype="float32"), trainable=False)
+    tok = load_tokenizer(str(folder))
+    gen = HFGenerator(model, tok)
+    prompts = [[5 + i] * 32 for i in range(8)]
+    short, long = SamplingParams(max_new_tokens=1, stop_strings=()), SamplingParams(max_new_tokens=65, stop_strings=())
+    gen.generate(prompts, long)
+    t = time.perf_counter()
+    gen.generate(prompts, short)
+    t1 = time.perf_counter() - t
+    t = time.perf_counter()
+    gen.generate(prompts, long)
+    return (time.perf_counter() - t - t1) / 64
+
+
+def paper_estimate(args, family, gen, judge, score, turns, env_seconds, step_overhead: float) -> dict:
     """One paper epoch (128 games x 50 turns, window mode) at paper shapes on a datasheet device, from the
     per-turn token counts measured in this slice. Compute-bound phases at an assumed 40% of peak FLOP/s,
     decode steps at max(bytes / (70% of bandwidth), a per-step host overhead), environment steps at the
     measured seconds per game-step over 8 workers. An estimate, not a measurement."""
     peak, bw = DEVICES[args.estimate]
-    mfu, bw_eff, step_overhead = 0.4, 0.7, 0.010
+    mfu, bw_eff = 0.4, 0.7
     S = Shape(make_config(*family["student"][::2], tiny=False))
     T = Shape(make_config(*family["teacher"][::2], tiny=False))
     n = PAPER_GAMES * PAPER_TURNS

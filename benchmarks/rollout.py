@@ -4,7 +4,8 @@ Every game plays exactly `--turns` turns (the environment's step limit), so all 
 same amount of work; they run one after another in this process and are printed side by side as
 ratios. Also reported: the share of time in generation vs the environment, the generator's achieved
 FLOP/s (from counted FLOPs) against a matmul probe measured in the same run (same dtype and threads),
-the bytes that cross between host and device per decode step, and the rows run per generated token.
+the bytes that cross between host and device per decode step, the rows run per generated token, and
+the memory traffic of decode steps (weights + attended keys/values) against a copy probe.
 
     python benchmarks/rollout.py --games 16 --turns 4 --model smollm2-135m-instruct --layers 6
     python benchmarks/rollout.py --games 16 --turns 12 --precision bf16-mixed
@@ -64,6 +65,28 @@ def flops(config, stats: dict) -> float:
         "generated_tokens"]
 
 
+def decode_bytes(config, stats: dict, elem: int) -> float:
+    """Bytes a decode step must read from memory at least: every weight once per step (linear layers and
+    the LM head) and, per row, the keys and values of every attended column in every layer."""
+    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * config.intermediate_size
+    weights = (per_layer * layers + h * vocab) * elem
+    return weights * stats["decode_steps"] + 2.0 * kv * head_dim * layers * stats["decode_attended"] * elem
+
+
+def bandwidth_probe(mb: int = 512, repeats: int = 8) -> float:
+    """GB/s of a large tensor copy (bytes read + written) with this process's threads."""
+    a = torch.empty(mb * 2**20 // 4)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        b.copy_(a)
+    return 2 * a.numel() * 4 * repeats / (time.perf_counter() - t) / 1e9
+
+
 def matmul_probe(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
     """GFLOP/s of a square matmul in `dtype` with this process's threads (the machine's practical peak)."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
@@ -91,7 +114,8 @@ def ours(mode, model, tok, pool, games, args, ctx):
     stats = inner.stats.as_dict()
     return {"turns": turns, "seconds": total, "gen": gen.seconds, "env": env.seconds,
             "scored_tokens_per_episode": scored / len(eps), "stats": stats,
-            "gflops": flops(model.config, stats) / gen.seconds / 1e9}
+            "gflops": flops(model.config, stats) / gen.seconds / 1e9,
+            "decode_gbps": decode_bytes(model.config, stats, args.elem) / stats["decode_seconds"] / 1e9}
 
 
 @torch.no_grad()
@@ -156,10 +180,11 @@ def main() -> None:
         return torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
 
     games = (find_games("train") + find_games("valid_seen") + find_games("valid_unseen"))[:: 3][: args.games]
-    probe = matmul_probe(dtype)
+    probe, bandwidth = matmul_probe(dtype), bandwidth_probe()
+    args.elem = torch.finfo(dtype).bits // 8  # compute dtype: autocast reads bf16 copies of the weights
     print(f"{len(games)} games x {args.turns} turns, {args.model} ({args.layers} layers), precision={args.precision}, "
           f"max_new_tokens={args.max_new_tokens}, torch threads={torch.get_num_threads()}, env workers={args.workers}, "
-          f"matmul probe {probe:.0f} GFLOP/s ({dtype})")
+          f"matmul probe {probe:.0f} GFLOP/s ({dtype}), copy probe {bandwidth:.1f} GB/s")
     with EnvPool(num_workers=args.workers, max_steps=args.turns) as pool:
         pool.reset(games[:1])  # start the workers before timing
         rows = {}
@@ -198,11 +223,21 @@ def main() -> None:
         "decode_row_steps_per_token": round(sum(s["decode_row_steps"] for s in st)
                                             / sum(s["generated_tokens"] for s in st), 3),
         "prefill_padding_share": round(1 - sum(s["prefill_tokens"] for s in st) / sum(s["prefill_padded"] for s in st), 3),
+        "copy_probe_gb_per_s": round(bandwidth, 1),
+        **{f"{k}_{m}": round(v, 2) for m, r in zip(("window", "transcript"), ours_rows, strict=True)
+           for k, v in (("prefill_s", r["stats"]["prefill_seconds"]), ("decode_s", r["stats"]["decode_seconds"]),
+                        ("decode_gb_per_s", r["decode_gbps"]))},
+        "decode_attended_per_row_step_window": round(st[0]["decode_attended"] / st[0]["decode_row_steps"], 1),
+        "decode_attended_per_row_step_transcript": round(st[1]["decode_attended"] / st[1]["decode_row_steps"], 1),
         "threads": torch.get_num_threads(),
     }
     print(f"\nhost bytes per decode step {figures['host_bytes_per_decode_step']} (<= 64 x {len(games)} games = "
           f"{64 * len(games)}), decode row-steps per generated token {figures['decode_row_steps_per_token']}, "
           f"prefill padding {100 * figures['prefill_padding_share']:.1f}%")
+    for m in ("window", "transcript"):
+        print(f"{m}: prefill {figures[f'prefill_s_{m}']} s, decode {figures[f'decode_s_{m}']} s, decode reads "
+              f"{figures[f'decode_gb_per_s_{m}']} GB/s (copy probe {figures['copy_probe_gb_per_s']} GB/s), "
+              f"{figures[f'decode_attended_per_row_step_{m}']} key columns per decode row")
     print(json.dumps(figures))
 
 

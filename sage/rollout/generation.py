@@ -16,6 +16,7 @@ Prompts of different lengths are prefilled in groups of similar length, so paddi
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
@@ -68,8 +69,10 @@ class GenerationStats:
     decode_attended: int = 0  # sum over decode rows of the key columns each one attends to
     generated_tokens: int = 0
     host_bytes: int = 0  # bytes moved between host and device by decode steps (ids, log-probs, flags)
+    prefill_seconds: float = 0.0  # wall time of prefill forwards (device-synchronised by the first pick)
+    decode_seconds: float = 0.0  # wall time of decode steps (each ends with a device -> host copy)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -277,6 +280,7 @@ class HFGenerator:
 
     def _decode(self, chunks: list[list[int]], params: SamplingParams, order: list[int]) -> list[Generation]:
         m, dev, stats = len(chunks), self.device, self.stats
+        t0 = time.perf_counter()
         tok, lp = self._prefill(chunks, params)
         owner = list(order)  # owner[r]: the caller's index of the prompt in live row r
         out_ids: list[list[int]] = [[] for _ in range(m)]
@@ -285,10 +289,14 @@ class HFGenerator:
         generated = torch.empty((m, params.max_new_tokens), dtype=torch.long, device=dev)
         lengths = torch.tensor(self._cache.lengths[:m], dtype=torch.long, device=dev)
         n = m
+        t1 = t0
         for step in range(params.max_new_tokens):
             generated[:n, step] = tok
             flags = self._stop_flags(generated[:n, : step + 1], params.stop_strings)
             packed = torch.stack([tok.double(), lp.double(), flags.double()], dim=1).cpu()  # one small copy
+            if step == 0:  # that copy waited for the prefill: the rest is decoding
+                t1 = time.perf_counter()
+                stats.prefill_seconds += t1 - t0
             stats.host_bytes += packed.numel() * packed.element_size()
             stats.generated_tokens += n
             live = []
@@ -321,6 +329,7 @@ class HFGenerator:
             stats.decode_steps += 1
             stats.decode_row_steps += n
             tok, lp = pick_tokens(logits, params, self._rng)
+        stats.decode_seconds += time.perf_counter() - t1
         gens = [Generation([], [], "", False)] * m
         for i in range(m):
             text = self.tokenizer.decode(out_ids[i], skip_special_tokens=True)
