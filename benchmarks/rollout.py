@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -28,6 +29,10 @@ from sage.rollout.generation import HFGenerator
 from sage.rollout.loop import rollout
 from sage.specs import RolloutSpec
 
+# Qwen2.5-1.5B's published shape: the same counted work priced at a real student's proportions, where a
+# token's linear layers cost far more than its attention over the history
+QWEN25_15B = SimpleNamespace(hidden_size=1536, num_hidden_layers=28, vocab_size=151936, num_attention_heads=12,
+                             num_key_value_heads=2, head_dim=128, intermediate_size=8960)
 PRECISIONS = {"32-true": (torch.float32, False), "bf16-mixed": (torch.bfloat16, True), "bf16-true": (torch.bfloat16, False)}
 
 
@@ -229,6 +234,10 @@ def main() -> None:
                         ("decode_gb_per_s", r["decode_gbps"]))},
         "decode_attended_per_row_step_window": round(st[0]["decode_attended"] / st[0]["decode_row_steps"], 1),
         "decode_attended_per_row_step_transcript": round(st[1]["decode_attended"] / st[1]["decode_row_steps"], 1),
+        # transcript's counted FLOPs over window's at this run's token counts: for this model and for
+        # a Qwen2.5-1.5B-shaped one (attention over the history weighs far less next to wider layers)
+        "transcript_flops_over_window": round(flops(model.config, st[1]) / flops(model.config, st[0]), 3),
+        "transcript_flops_over_window_qwen2.5_1.5b": round(flops(QWEN25_15B, st[1]) / flops(QWEN25_15B, st[0]), 3),
         "threads": torch.get_num_threads(),
     }
     print(f"\nhost bytes per decode step {figures['host_bytes_per_decode_step']} (<= 64 x {len(games)} games = "
@@ -238,6 +247,8 @@ def main() -> None:
         print(f"{m}: prefill {figures[f'prefill_s_{m}']} s, decode {figures[f'decode_s_{m}']} s, decode reads "
               f"{figures[f'decode_gb_per_s_{m}']} GB/s (copy probe {figures['copy_probe_gb_per_s']} GB/s), "
               f"{figures[f'decode_attended_per_row_step_{m}']} key columns per decode row")
+    print(f"transcript's counted FLOPs / window's: {figures['transcript_flops_over_window']} for this model, "
+          f"{figures['transcript_flops_over_window_qwen2.5_1.5b']} at Qwen2.5-1.5B's shape (same tokens)")
     print(json.dumps(figures))
 
 
