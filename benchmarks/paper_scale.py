@@ -224,7 +224,10 @@ def run_slice(args, family: dict, tok_dir: Path, work: Path, counter: Counter):
     )
 
     class Hooked(L.Callback):
+        player = None
+
         def on_fit_start(self, trainer, pl_module):  # after configure_model built the models
+            Hooked.player = trainer.datamodule.player  # the DataModule lets it go at teardown
             base_model(pl_module.student).get_decoder().register_forward_pre_hook(counter.hook("student"), with_kwargs=True)
             base_model(pl_module.teacher).get_decoder().register_forward_pre_hook(counter.hook("teacher"), with_kwargs=True)
 
@@ -235,7 +238,7 @@ def run_slice(args, family: dict, tok_dir: Path, work: Path, counter: Counter):
     trainer.fit(module, datamodule=dm)
     wall = time.perf_counter() - t0
     stats = dict(dm.experience.stats)
-    return module, dm, timer, stats, wall, s_cfg, t_cfg, s_name, t_name
+    return module, dm, Hooked.player.stats.as_dict(), timer, stats, wall, s_cfg, t_cfg, s_name, t_name
 
 
 def main() -> None:
@@ -274,11 +277,10 @@ def main() -> None:
     probe = matmul_probe(args.device, dtype, 8192 if args.device == "cuda" else 1024)
     work = Path(tempfile.mkdtemp(prefix="sage-paper-scale-"))
     try:
-        module, dm, timer, stats, wall, s_cfg, t_cfg, s_name, t_name = run_slice(args, family, tok_dir, work, counter)
+        module, dm, gen, timer, stats, wall, s_cfg, t_cfg, s_name, t_name = run_slice(args, family, tok_dir, work, counter)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     S, T = Shape(s_cfg), Shape(t_cfg)
-    gen = dm.player.stats.as_dict()
     judge, score = counter.get("teacher:judge"), counter.get("teacher:score")
     train_s, train_t = counter.get("student:train"), counter.get("teacher:train")
     turns = int(stats["turns"])
