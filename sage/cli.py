@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from jsonargparse import set_parsing_settings
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from callbacks import AblationReport, AlfworldEvaluation, EpisodeTranscripts
@@ -39,6 +40,18 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # - the frozen teacher is in eval mode on purpose (no dropout); Lightning warns about any module in eval
 #   mode when training starts;
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+# - the module steps its optimizer itself (manual optimization); Lightning warns that a checkpoint taken
+#   every N steps holds the state after that step, which is exactly what mid-epoch resume continues from
+#   (tests/test_e2e.py::test_mid_epoch_resume_matches_an_uninterrupted_run);
+warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
+# - the epoch's items are an IterableDataset with a length (the progress bar's total, exact resume) and
+#   are always loaded in the main process (no DataLoader workers), where that length is exact;
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+# - Lightning's own use of a torch API that newer torch deprecates (nothing this project calls);
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+# - a resumed or validating run writes into its own version folder; Lightning warns that the checkpoint
+#   callbacks' best-k bookkeeping is not carried over from the old folder (they monitor nothing here);
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 # - Lightning's advertisement for its cloud logger, printed at every run start.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.getMessage()).startswith("💡 Tip: For seamless cloud logging")
@@ -57,6 +70,18 @@ class SageCLI(LightningCLI):
         parser.add_lightning_class_args(AblationReport, "ablation")
         parser.add_lightning_class_args(AlfworldEvaluation, "evaluation")
         parser.add_lightning_class_args(EpisodeTranscripts, "transcripts")
+
+    def instantiate_trainer(self, **kwargs):
+        """The trainer's bar is tqdm's, like the bars of the phases outside its loop (rollout, judge,
+        teacher, evaluation: `sage.progress`). Lightning would pick its rich bar whenever `rich` is
+        installed, and rich's live display takes over stdout, which hides the terminal from those
+        bars. A progress bar named in the config, or ``enable_progress_bar: false``, is kept as is."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        configured = trainer.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [TQDMProgressBar()]}
+        return super().instantiate_trainer(**kwargs)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         """`validate`/`test` print the project's own results table (callbacks.AlfworldEvaluation), so

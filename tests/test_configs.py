@@ -128,3 +128,16 @@ def test_method_configs_checkpoint_inside_epochs(name):
     every = sorted(cb._every_n_train_steps for cb in c.trainer.checkpoint_callbacks)
     assert every[0] == 0 and every[-1] >= 1
     assert all(cb.save_last for cb in c.trainer.checkpoint_callbacks)  # last.ckpt is always the newest
+    # ... and one file: without this, the second callback writes last-v1.ckpt and "last" is ambiguous
+    assert not any(cb._enable_version_counter for cb in c.trainer.checkpoint_callbacks)
+
+
+def test_the_trainer_bar_is_tqdm_like_the_phase_bars_unless_configured_otherwise():
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    bar = instantiate([CONFIGS / "quickstart.yaml"], TINY_TEACHER).trainer.progress_bar_callback
+    assert type(bar) is TQDMProgressBar
+    off = instantiate([CONFIGS / "quickstart.yaml"], [*TINY_TEACHER, "--trainer.enable_progress_bar", "false"])
+    assert off.trainer.progress_bar_callback is None
+    named = instantiate([CONFIGS / "quickstart.yaml"], [*TINY_TEACHER, "--trainer.callbacks+", "RichProgressBar"])
+    assert type(named.trainer.progress_bar_callback) is RichProgressBar
