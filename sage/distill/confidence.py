@@ -78,7 +78,17 @@ def teacher_confidence(
             probs = logp.exp()
             entropy = -(probs * logp.clamp(min=-1e30)).sum(dim=-1)  # 0 * -inf -> 0 for masked vocab rows
             kappa = 1.0 - entropy / math.log(vocab) if vocab > 1 else torch.ones_like(entropy)
+    return finish_confidence(kappa, minimum, turn_average, mask, turn_ids)
+
+
+def finish_confidence(
+    kappa: Tensor, minimum: float = 0.0, turn_average: bool = False, mask: Tensor | None = None,
+    turn_ids: Tensor | None = None,
+) -> Tensor:
+    """The per-turn part of kappa ``[B, T]`` (see `teacher_confidence`): optionally each token's value
+    replaced by its turn's mean, then the floor ``minimum``. `TeacherScorer` applies it to each turn's
+    per-token kappa (one row, one turn)."""
     if turn_average:
-        valid = torch.ones(shape, dtype=torch.bool, device=kappa.device) if mask is None else mask > 0
+        valid = torch.ones(kappa.shape, dtype=torch.bool, device=kappa.device) if mask is None else mask > 0
         kappa = _turn_average(kappa, valid, turn_ids)
     return kappa.clamp(min=minimum)

@@ -17,18 +17,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from sage.distill.confidence import finish_confidence
 from sage.distill.fused import teacher_token_stats
-from sage.forward import budget_batches, model_device, output_head, pad_right, predicting, selected_hidden
+from sage.forward import (
+    budget_batches,
+    model_device,
+    output_head,
+    pad_right,
+    position_mask,
+    predicting,
+    selected_hidden,
+)
 from sage.progress import Phase
 from sage.rollout.records import Episode, Turn
 from sage.specs import CONFIDENCE_KINDS, check_choice, check_temperature
-
-
-def finish_confidence(kappa: list[float], minimum: float, turn_average: bool) -> list[float]:
-    """One turn's kappa: optionally replaced by its mean over the turn, then floored at ``minimum``."""
-    if turn_average and kappa:
-        kappa = [sum(kappa) / len(kappa)] * len(kappa)
-    return [max(minimum, k) for k in kappa]
 
 
 class TeacherScorer:
@@ -74,9 +76,7 @@ class TeacherScorer:
         phase = Phase("teacher", total=len(seqs), unit="seq")
         for batch in budget_batches([len(s) for s in seqs], self.max_batch_tokens):
             ids, attn = pad_right([seqs[i] for i in batch], device=device)
-            targets = torch.zeros_like(ids, dtype=torch.bool)
-            for r, i in enumerate(batch):
-                targets[r, list(positions[i])] = True
+            targets = position_mask(ids, [positions[i] for i in batch])
             hidden = selected_hidden(self.model, ids, attn, predicting(targets))
             kappa, logp = teacher_token_stats(
                 hidden, head, ids[targets], self.vocab_rows, self.temperature, self.confidence_kind, self.chunk_tokens
@@ -94,6 +94,13 @@ class TeacherScorer:
         phase.close(f"{len(seqs)} sequences, {scored} response tokens scored ({scored / max(phase.seconds, 1e-9):.0f}/s)")
         return results
 
+    def _turn_confidence(self, kappa: list[float]) -> list[float]:
+        """One turn's kappa after the turn average and the floor (`finish_confidence`)."""
+        if not kappa:
+            return []
+        row = torch.tensor([kappa], dtype=torch.float64)
+        return finish_confidence(row, self.confidence_min, self.turn_average)[0].tolist()
+
     def score_turns(self, turns: Sequence[Turn]) -> None:
         """Window mode: one row per turn, context_ids + response_ids."""
         for t in turns:
@@ -109,7 +116,7 @@ class TeacherScorer:
         positions = [range(len(t.context_ids), len(s)) for t, s in zip(turns, seqs, strict=True)]
         for t, (logp, kappa, hidden) in zip(turns, self._score(seqs, positions), strict=True):
             t.teacher_logprobs = logp
-            t.confidence = finish_confidence(kappa, self.confidence_min, self.turn_average)
+            t.confidence = self._turn_confidence(kappa)
             t.teacher_hidden = hidden
 
     def score_episodes(self, episodes: Sequence[Episode]) -> None:
@@ -134,5 +141,5 @@ class TeacherScorer:
                         f"but {len(t.response_ids)} response_ids"
                     )
                 t.teacher_logprobs = [logp[n] for n in idx]
-                t.confidence = finish_confidence([kappa[n] for n in idx], self.confidence_min, self.turn_average)
+                t.confidence = self._turn_confidence([kappa[n] for n in idx])
                 t.teacher_hidden = hidden[idx[0] : idx[-1] + 1] if hidden is not None and idx else None
