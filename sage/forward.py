@@ -57,6 +57,14 @@ def pad_right(seqs: Sequence[Sequence], fill=0, dtype: torch.dtype = torch.long,
     return out.to(device), mask.to(device)
 
 
+def position_mask(like: Tensor, positions: Sequence[Sequence[int]]) -> Tensor:
+    """``[B, S]`` bool shaped like ``like``: True at row b's ``positions[b]``."""
+    mask = torch.zeros(like.shape, dtype=torch.bool, device=like.device)
+    for row, pos in enumerate(positions):
+        mask[row, list(pos)] = True
+    return mask
+
+
 def predicting(targets: Tensor) -> Tensor:
     """[B, S] bool of the positions whose output predicts a target: position j predicts token j + 1."""
     select = torch.zeros_like(targets, dtype=torch.bool)

@@ -21,7 +21,15 @@ from sage.distill.fused import head_logits
 from sage.distill.judge_prompt import JudgePrompt
 from sage.envs import normalize_command
 from sage.errors import InputError
-from sage.forward import budget_batches, model_device, output_head, pad_right, predicting, selected_hidden
+from sage.forward import (
+    budget_batches,
+    model_device,
+    output_head,
+    pad_right,
+    position_mask,
+    predicting,
+    selected_hidden,
+)
 from sage.progress import Phase
 from sage.rollout.chat import ChatCodec
 from sage.rollout.records import Episode, Turn
@@ -157,13 +165,10 @@ class TurnJudge:
         out = torch.zeros(len(seqs), n_lab if first_token else 1, dtype=torch.float64)
         for batch in budget_batches([len(s) for s in seqs], max_tokens=1 << 62, max_rows=self.max_batch):
             ids, attn = pad_right([seqs[i] for i in batch], device=device)
-            targets = torch.zeros_like(ids, dtype=torch.bool)
             if first_token:  # the label's first token would follow the prompt's last one
-                select = targets.clone()
-                select[torch.arange(len(batch)), torch.tensor([len(seqs[i]) - 1 for i in batch])] = True
+                select = position_mask(ids, [[len(seqs[i]) - 1] for i in batch])
             else:
-                for r, i in enumerate(batch):
-                    targets[r, list(positions[i])] = True
+                targets = position_mask(ids, [positions[i] for i in batch])
                 select = predicting(targets)
             hidden = selected_hidden(self.model, ids, attn, select)
             logits = head_logits(hidden, head)  # float32, one row per scored position, rows in batch order
