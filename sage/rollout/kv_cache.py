@@ -32,7 +32,6 @@ class RaggedCache(Cache):
         self._first = 0
         self._starts: Tensor | None = None  # [b] write position of each row of the current forward
         self._kv_len = 0
-        self._past = 0
         self._need_rows = 0
         self._need_len = 0
 
@@ -69,12 +68,10 @@ class RaggedCache(Cache):
             buf[dst] = buf[src]  # the right side is gathered first, so overlapping moves are safe
 
     # -- one forward ------------------------------------------------------------------------------
-    def begin(self, first: int, starts: Tensor, q: int, kv_len: int, past: int = 0) -> None:
+    def begin(self, first: int, starts: Tensor, q: int, kv_len: int) -> None:
         """Rows ``[first, first + len(starts))`` write ``q`` columns from ``starts`` (a device tensor);
-        attention reads their first ``kv_len`` columns (the caller's mask hides what a row does not own).
-        ``past``: the rows' common start when they all start at the same column (0 for fresh rows),
-        which lets transformers build its own causal mask (see `get_mask_sizes`)."""
-        self._first, self._starts, self._kv_len, self._past = first, starts, kv_len, past
+        attention reads their first ``kv_len`` columns (the caller's mask hides what a row does not own)."""
+        self._first, self._starts, self._kv_len = first, starts, kv_len
         self._need_rows = max(self._need_rows, first + starts.shape[0])
         self._need_len = max(self._need_len, kv_len)
 
@@ -112,13 +109,13 @@ class RaggedCache(Cache):
         v_rows.scatter_(2, index, value_states.to(v_buf.dtype))
         return k_rows[:, :, : self._kv_len], v_rows[:, :, : self._kv_len]
 
-    # transformers asks these when it builds a mask itself (no mask passed: fresh rows, causal); they
-    # describe the current forward's rows only.
+    # transformers asks these when it builds a mask itself, which happens only for a fresh prefill (no
+    # mask passed: every row starts at column 0, causal); they describe the current forward's rows only.
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self._past
+        return 0
 
     def get_query_offset(self, *args, **kwargs) -> int:
-        return self._past
+        return 0
 
     def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
         return self._kv_len, 0
