@@ -413,7 +413,14 @@ def check_tokenizers(
             raise TokenizerMismatchError(f"student and teacher tokenizers differ in {name}: {s!r} vs {t!r}; {fix}")
     if student_vocab_rows is None or teacher_vocab_rows is None:
         return None
-    needed = max(sv.values()) + 1 if sv else 0
+    return shared_vocab_rows(student_tok, student_vocab_rows, teacher_vocab_rows)
+
+
+def shared_vocab_rows(tokenizer, student_vocab_rows: int, teacher_vocab_rows: int) -> int:
+    """The logit rows student and teacher share (their tokenizers already checked equal): every id of the
+    tokenizer must have a row in both heads."""
+    vocab = tokenizer.get_vocab()
+    needed = max(vocab.values()) + 1 if vocab else 0
     for who, rows in (("student", student_vocab_rows), ("teacher", teacher_vocab_rows)):
         if needed > rows:
             raise TokenizerMismatchError(f"the tokenizer has ids up to {needed - 1} but the {who} has {rows} logit rows")
@@ -422,15 +429,13 @@ def check_tokenizers(
 
 def _spec_text(spec) -> str:
     """The weight-defining fields of a student spec (a ModelSpec, or the dict a checkpoint stores)."""
-    def field(key):
-        return spec.get(key) if isinstance(spec, dict) else getattr(spec, key, None)
+    def get(obj, key):
+        return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
-    lora = field("lora")
-    if lora is not None and not isinstance(lora, dict):
-        lora = {"r": lora.r, "target_modules": lora.target_modules}
-    elif isinstance(lora, dict):
-        lora = {"r": lora.get("r"), "target_modules": lora.get("target_modules")}
-    return f"name_or_path={field('name_or_path')!r}, num_layers={field('num_layers')}, lora={lora}"
+    lora = get(spec, "lora")
+    if lora is not None:
+        lora = {k: get(lora, k) for k in ("r", "target_modules")}
+    return f"name_or_path={get(spec, 'name_or_path')!r}, num_layers={get(spec, 'num_layers')}, lora={lora}"
 
 
 def check_student_state(

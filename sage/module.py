@@ -24,6 +24,7 @@ from sage.models import (
     keep_adapter_inputs,
     load_model,
     load_tokenizer,
+    shared_vocab_rows,
     vocab_rows,
 )
 from sage.rollout.player import GameBatch
@@ -76,10 +77,8 @@ class SageModule(L.LightningModule):
             raise ValueError("objective='distill' needs a teacher model (model.teacher)")
         self.student_spec, self.teacher_spec = student, teacher
         self.tokenizer = load_tokenizer(student.name_or_path)
-        self._teacher_tokenizer = None
         if teacher is not None:  # refuse a mismatch now, before a run folder or a model exists
-            self._teacher_tokenizer = load_tokenizer(teacher.name_or_path)
-            check_tokenizers(self.tokenizer, self._teacher_tokenizer)
+            check_tokenizers(self.tokenizer, load_tokenizer(teacher.name_or_path))
         self.student = self.teacher = None
         self.vocab_rows: int | None = None
         self.annotator: Annotator | None = None
@@ -98,9 +97,8 @@ class SageModule(L.LightningModule):
         self.vocab_rows = vocab_rows(self.student)
         if self.teacher_spec is not None:
             self.teacher = load_model(self.teacher_spec, device=device, trainable=False)
-            self.vocab_rows = check_tokenizers(
-                self.tokenizer, self._teacher_tokenizer, vocab_rows(self.student), vocab_rows(self.teacher)
-            )
+            # the tokenizers were compared in __init__; here only the heads' rows
+            self.vocab_rows = shared_vocab_rows(self.tokenizer, vocab_rows(self.student), vocab_rows(self.teacher))
         precision = str(self._trainer.precision) if self._trainer is not None else ""
         if self.student_spec.lora is not None and "mixed" in precision:
             keep_adapter_inputs(self.student)
