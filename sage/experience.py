@@ -40,10 +40,9 @@ class ExperienceBuilder:
         samples = transcript_samples(episodes) if self.transcript else window_samples(episodes)
         steps = build_steps(samples, self.samples_per_step, self.max_tokens_per_micro_batch, self.pad_id,
                             seed=self.seed + epoch)
-        dens, counts, weights = align_steps(
-            [s.denominator(self.normalize) for s in steps], [len(s.micro_batches) for s in steps],
-            [s.denominator("weighted") for s in steps],
-        )
+        weighted = [s.denominator("weighted") for s in steps]  # sum(g * kappa): also each step's trained weight
+        own = weighted if self.normalize == "weighted" else [s.denominator(self.normalize) for s in steps]
+        dens, counts, weights = align_steps(own, [len(s.micro_batches) for s in steps], weighted)
         items = flatten_steps(steps, dens, counts, weights)
         for t in (t for ep in episodes for t in ep.turns):  # the items hold their own copies
             t.teacher_hidden = None

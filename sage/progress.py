@@ -29,7 +29,7 @@ class Phase:
     phase's summary line once, on rank 0, bar or not."""
 
     def __init__(self, name: str, total: int | None, unit: str) -> None:
-        self.name, self.unit, self.t0 = name, unit, time.perf_counter()
+        self.name, self.t0 = name, time.perf_counter()
         self.rank0 = world()[0] == 0
         self.bar = None
         if self.rank0 and _interactive():
@@ -45,10 +45,13 @@ class Phase:
             if fields:
                 self.bar.set_postfix(fields, refresh=False)
 
-    def close(self, summary: str) -> None:
+    def _drop_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def close(self, summary: str) -> None:
+        self._drop_bar()
         if self.rank0:
             print(f"[{self.name}] {summary} ({self.seconds:.1f} s)", flush=True)
 
@@ -56,6 +59,4 @@ class Phase:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.bar is not None:  # an exception: drop the bar without a summary
-            self.bar.close()
-            self.bar = None
+        self._drop_bar()  # after close() a no-op; after an exception, no summary line
