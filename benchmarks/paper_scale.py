@@ -27,6 +27,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from counting import Shape, matmul_probe, sync
 
 from sage.data import SageDataModule
 from sage.distill.judge import TurnJudge
@@ -81,23 +82,6 @@ def model_folder(root: Path, name: str, config, tokenizer_dir: Path) -> Path:
         if f.name.startswith("tokenizer") or f.name.endswith(".jinja") or f.name == "special_tokens_map.json":
             shutil.copy(f, folder / f.name)
     return folder
-
-
-class Shape:
-    """FLOPs of a forward from token counts: 2 x linear parameters per token, 4 x heads x head_dim x layers
-    per attended (query, key) pair, 2 x hidden x vocab per LM-head row."""
-
-    def __init__(self, config):
-        h, self.layers, self.vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-        self.hidden, heads, kv = h, config.num_attention_heads, config.num_key_value_heads
-        d = getattr(config, "head_dim", None) or h // heads
-        self.linear = self.layers * (2 * h * heads * d + 2 * h * kv * d + 3 * h * config.intermediate_size)
-        self.attn = 4 * heads * d * self.layers
-        self.kv_bytes = 2 * kv * d * self.layers * 2  # bf16 keys + values per cached token
-        self.weight_bytes = 2 * (self.linear + h * self.vocab * (1 if config.tie_word_embeddings else 2))
-
-    def flops(self, tokens: float, attended: float, head_rows: float) -> float:
-        return 2.0 * self.linear * tokens + self.attn * attended + 2.0 * self.hidden * self.vocab * head_rows
 
 
 class Counter:
@@ -160,30 +144,14 @@ class StepTimer(L.Callback):
         self.seconds, self.trained_tokens, self._t = 0.0, 0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        _sync()
+        sync()
         self._t = time.perf_counter()
         if "loss_mask" in batch:
             self.trained_tokens += int((batch["loss_mask"][:, 1:] & (batch["gate"][:, 1:] > 0)).sum())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        _sync()
+        sync()
         self.seconds += time.perf_counter() - self._t
-
-
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def matmul_probe(device: str, dtype: torch.dtype, size: int) -> float:
-    a = torch.randn(size, size, device=device).to(dtype)
-    a @ a
-    _sync()
-    t = time.perf_counter()
-    for _ in range(8):
-        a @ a
-    _sync()
-    return 2 * size**3 * 8 / (time.perf_counter() - t)
 
 
 def peak_memory_gb(device: str) -> float:
@@ -274,7 +242,7 @@ def main() -> None:
     torch.set_float32_matmul_precision("high")  # bf16-valued fp32 head matmuls stay exact under TF32
 
     dtype = torch.bfloat16 if "bf16" in args.precision else torch.float32
-    probe = matmul_probe(args.device, dtype, 8192 if args.device == "cuda" else 1024)
+    probe = matmul_probe(dtype, 8192 if args.device == "cuda" else 1024, args.device)
     work = Path(tempfile.mkdtemp(prefix="sage-paper-scale-"))
     try:
         module, dm, gen, timer, stats, wall, s_cfg, t_cfg, s_name, t_name = run_slice(args, family, tok_dir, work, counter)

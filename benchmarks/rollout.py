@@ -21,6 +21,7 @@ import time
 from types import SimpleNamespace
 
 import torch
+from counting import Shape, matmul_probe
 
 from sage.envs import EnvPool, PromptBuilder, find_games, parse_action
 from sage.models import ModelSpec, load_model, load_tokenizer
@@ -58,27 +59,17 @@ class Timed:
 
 
 def flops(config, stats: dict) -> float:
-    """Useful FLOPs of the counted work: 2 x linear-layer parameters per real token, 4 x heads x head_dim
-    per attended key column per layer, and the LM head on each generated token (padding not counted)."""
-    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    heads, kv = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * config.intermediate_size
-    tokens = stats["prefill_tokens"] + stats["decode_row_steps"]
-    attended = stats["prefill_attended"] + stats["decode_attended"]
-    return 2.0 * per_layer * layers * tokens + 4.0 * heads * head_dim * layers * attended + 2.0 * h * vocab * stats[
-        "generated_tokens"]
+    """Useful FLOPs of the counted work (padding not counted; `counting.Shape`): the linear layers on every
+    real token, attention over every attended key column, the LM head on each generated token."""
+    return Shape(config).flops(stats["prefill_tokens"] + stats["decode_row_steps"],
+                               stats["prefill_attended"] + stats["decode_attended"], stats["generated_tokens"])
 
 
 def decode_bytes(config, stats: dict, elem: int) -> float:
     """Bytes a decode step must read from memory at least: every weight once per step (linear layers and
     the LM head) and, per row, the keys and values of every attended column in every layer."""
-    h, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    heads, kv = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * config.intermediate_size
-    weights = (per_layer * layers + h * vocab) * elem
-    return weights * stats["decode_steps"] + 2.0 * kv * head_dim * layers * stats["decode_attended"] * elem
+    shape = Shape(config)
+    return elem * (shape.weight_elems * stats["decode_steps"] + shape.kv_elems * stats["decode_attended"])
 
 
 def bandwidth_probe(mb: int = 512, repeats: int = 8) -> float:
@@ -90,16 +81,6 @@ def bandwidth_probe(mb: int = 512, repeats: int = 8) -> float:
     for _ in range(repeats):
         b.copy_(a)
     return 2 * a.numel() * 4 * repeats / (time.perf_counter() - t) / 1e9
-
-
-def matmul_probe(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
-    """GFLOP/s of a square matmul in `dtype` with this process's threads (the machine's practical peak)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - t) / 1e9
 
 
 def ours(mode, model, tok, pool, games, args, ctx):
@@ -185,7 +166,7 @@ def main() -> None:
         return torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
 
     games = (find_games("train") + find_games("valid_seen") + find_games("valid_unseen"))[:: 3][: args.games]
-    probe, bandwidth = matmul_probe(dtype), bandwidth_probe()
+    probe, bandwidth = matmul_probe(dtype, 2048) / 1e9, bandwidth_probe()  # GFLOP/s
     args.elem = torch.finfo(dtype).bits // 8  # compute dtype: autocast reads bf16 copies of the weights
     print(f"{len(games)} games x {args.turns} turns, {args.model} ({args.layers} layers), precision={args.precision}, "
           f"max_new_tokens={args.max_new_tokens}, torch threads={torch.get_num_threads()}, env workers={args.workers}, "
