@@ -13,15 +13,19 @@ from pathlib import Path
 import lightning as L
 
 
-def export_student(module, dirpath: str | Path) -> Path:
+def export_student(module, dirpath: str | Path, adapter_only: bool = False) -> Path:
     """Write the folder next to its target, then swap it in: a failed or interrupted export never leaves
-    a half-written model, and an earlier export at ``dirpath`` stays whole until the new one is complete."""
+    a half-written model, and an earlier export at ``dirpath`` stays whole until the new one is complete.
+    ``adapter_only`` (LoRA students): the adapter alone (peft's adapter_config.json + safetensors, a few MB),
+    loaded later on top of the same base model."""
     out = Path(dirpath)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model = module.student
-        if hasattr(model, "merge_and_unload"):  # peft: merge adapters into a copy of the base model
+        if adapter_only and not hasattr(model, "peft_config"):
+            raise ValueError("ExportStudent(adapter_only=True) needs a LoRA student (model.student.lora)")
+        if hasattr(model, "merge_and_unload") and not adapter_only:  # peft: merge adapters into a copy
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         module.tokenizer.save_pretrained(tmp)
@@ -40,10 +44,11 @@ def export_student(module, dirpath: str | Path) -> Path:
 
 
 class ExportStudent(L.Callback):
-    def __init__(self, dirpath: str = "runs/student") -> None:
+    def __init__(self, dirpath: str = "runs/student", adapter_only: bool = False) -> None:
         self.dirpath = dirpath
+        self.adapter_only = adapter_only
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            print(f"exported the student to {export_student(pl_module, self.dirpath)}", flush=True)
+            print(f"exported the student to {export_student(pl_module, self.dirpath, self.adapter_only)}", flush=True)
         trainer.strategy.barrier()

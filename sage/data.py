@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from pathlib import Path
 
@@ -22,11 +23,20 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from sage.distributed import shard, world
-from sage.envs import EnvPool, GameInfo, PromptBuilder, PromptTemplate, canonical_split, find_games, split_key
+from sage.envs import (
+    EnvPool,
+    GameInfo,
+    PromptBuilder,
+    PromptTemplate,
+    canonical_split,
+    find_games,
+    panel_games,
+    split_key,
+)
 from sage.experience import Experience, ExperienceBuilder
 from sage.rollout.player import GameBatch, Player
 from sage.rollout.records import Episode
-from sage.specs import DATA_SOURCES, DataSource, RolloutSpec, check_choice
+from sage.specs import DATA_SOURCES, DaggerSpec, DataSource, RolloutSpec, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +83,14 @@ class SageDataModule(L.LightningDataModule):
         val_splits: evaluation splits.
         val_games: games per evaluation split (None = every game once; a number takes games round-robin
             over the task types).
+        val_panel: evaluate on the committed panels (sage/envs/panels: 60 games per split, 10 per task
+            type; needs the full splits); with ``val_games`` set, its first N round-robin over the types.
         val_batch: evaluation games played in one rollout (None = the rank's whole split as one stream;
             set a number only when the KV cache of a whole split does not fit).
-        source: ``on_policy`` (the student plays), ``expert`` (stored walkthroughs, for SFT) or
-            ``teacher`` (the teacher plays, sampled; for SFT on teacher trajectories).
+        source: ``on_policy`` (the student plays), ``expert`` (stored walkthroughs, for SFT),
+            ``teacher`` (the teacher plays, sampled; for SFT on teacher trajectories) or ``dagger`` (teacher
+            training: the hand-coded expert, noise and the model play; expert turns and judge examples
+            with offline labels are served; see `dagger`).
         teacher_won_only: with ``source=teacher``, keep only the games the teacher won.
         rollout: how the student plays (context mode, sampling, lengths).
         prompt: the prompt text.
@@ -85,6 +99,7 @@ class SageDataModule(L.LightningDataModule):
         samples_per_step: training samples (turns, or episodes in transcript mode) per optimizer step.
         max_tokens_per_micro_batch: padded-token budget of one forward/backward.
         seed: seed of game sampling, sampling and sample shuffling (offset by the epoch).
+        dagger: rounds, noise and judge examples of ``source=dagger``.
     """
 
     def __init__(
@@ -95,6 +110,7 @@ class SageDataModule(L.LightningDataModule):
         rollout_batch: int | None = None,
         val_splits: list[str] | None = None,
         val_games: int | None = None,
+        val_panel: bool = False,
         val_batch: int | None = None,
         source: DataSource = "on_policy",
         teacher_won_only: bool = True,
@@ -105,6 +121,7 @@ class SageDataModule(L.LightningDataModule):
         samples_per_step: int = 16,
         max_tokens_per_micro_batch: int = 8192,
         seed: int = 0,
+        dagger: DaggerSpec | None = None,
     ) -> None:
         super().__init__()
         check_choice("data.source", source, DATA_SOURCES)
@@ -114,6 +131,7 @@ class SageDataModule(L.LightningDataModule):
         self.rollout_batch = rollout_batch
         self.val_splits = [canonical_split(s) for s in (val_splits or ["valid_seen", "valid_unseen"])]
         self.val_games = val_games
+        self.val_panel = val_panel
         self.val_batch = val_batch
         self.source = source
         self.teacher_won_only = teacher_won_only
@@ -124,12 +142,14 @@ class SageDataModule(L.LightningDataModule):
         self.samples_per_step = samples_per_step
         self.max_tokens = max_tokens_per_micro_batch
         self.seed = seed
+        self.dagger = dagger or DaggerSpec()
         self.pool: EnvPool | None = None
         self.player: Player | None = None
         self.experience: Experience | None = None  # the current epoch's (observers read it: transcripts)
         self._own_pool = False
         self._epoch_file: Path | None = None
         self._resume: dict | None = None
+        self._round_stats: dict[str, float] = {}  # source=dagger: the latest round's data statistics
 
     @property
     def transcript(self) -> bool:
@@ -142,7 +162,7 @@ class SageDataModule(L.LightningDataModule):
         """Start the environment workers once; a pool assigned from outside (tests, notebooks) is
         used as it is and left open."""
         if self.pool is None:
-            self.pool = EnvPool(num_workers=self.env_workers, max_steps=self.max_turns)
+            self.pool = EnvPool(num_workers=self.env_workers, max_steps=self.max_turns, expert=self.source == "dagger")
             self._own_pool = True
         if self.player is None or self.player.pool is not self.pool:
             self.player = Player(self.pool, self.prompt, self.rollout_spec, self.rollout_batch)
@@ -165,7 +185,13 @@ class SageDataModule(L.LightningDataModule):
         return m.student, m.teacher, m.tokenizer, m.annotator, m.loss_spec.normalize
 
     def epoch_games(self, epoch: int) -> list[GameInfo]:
-        games = find_games(self.train_split, self.data_root, sample=self.train_games, seed=self.seed + epoch)
+        if self.source == "dagger":  # disjoint blocks of one seeded permutation: every round plays new games
+            games = find_games(self.train_split, self.data_root)
+            random.Random(self.seed).shuffle(games)
+            sizes = [self.dagger.at(r, self.dagger.games) for r in range(epoch + 1)]
+            games = games[sum(sizes[:-1]) % len(games):][: sizes[-1]]
+        else:
+            games = find_games(self.train_split, self.data_root, sample=self.train_games, seed=self.seed + epoch)
         rank, size = world()
         return shard(games, rank, size)
 
@@ -180,6 +206,8 @@ class SageDataModule(L.LightningDataModule):
 
             episodes = expert_episodes(games, self.prompt, tokenizer, self.rollout_spec, self.pool,
                                        chunk=self.rollout_batch)
+        elif self.source == "dagger":
+            episodes = self._dagger_round(epoch, games, student, tokenizer, seed)
         elif self.source == "teacher":
             if teacher is None:
                 raise ValueError("data.source=teacher needs model.teacher")
@@ -188,6 +216,21 @@ class SageDataModule(L.LightningDataModule):
         else:
             episodes = self.player.play(student, tokenizer, games, greedy=False, seed=seed)
         return [ep for ep in episodes if ep.error is None]
+
+    def _dagger_round(self, epoch, games, model, tokenizer, seed) -> list[Episode]:
+        from sage.distill.judge import TurnJudge
+        from sage.teacher import collect_round
+        from sage.teacher.policy import Mix
+
+        d = self.dagger
+        mix = Mix(model=d.at(epoch, d.model_share), random=d.random, invalid=d.invalid, repeat=d.repeat)
+        judge = TurnJudge("teacher_judge", labels=d.judge_labels, judge_history=d.judge_history, model=model,
+                          tokenizer=tokenizer)
+        episodes, self._round_stats = collect_round(
+            games=games, pool=self.pool, prompt=self.prompt, tokenizer=tokenizer, rollout_spec=self.rollout_spec,
+            mix=mix, answer=self.prompt.template.expert_answer, judge=judge, judge_examples=d.at(epoch, d.judge_examples), model=model,
+            seed=seed, batch=self.rollout_batch, label=f"teacher data round {epoch}")
+        return episodes
 
     def train_dataloader(self) -> DataLoader:
         _, _, tokenizer, annotator, normalize = self._parts()
@@ -199,7 +242,8 @@ class SageDataModule(L.LightningDataModule):
         with self.trainer.precision_plugin.forward_context():
             t0 = time.perf_counter()
             episodes, done = self._episodes_for(epoch)
-            self.experience = builder.build(episodes, epoch, {"rollout_seconds": time.perf_counter() - t0})
+            stats = {"rollout_seconds": time.perf_counter() - t0, **self._round_stats}
+            self.experience = builder.build(episodes, epoch, stats)
         items = self.experience.items
         if done < len(items):
             items[done]["epoch_stats"] = self.experience.stats  # the module logs them at epoch end
@@ -248,7 +292,8 @@ class SageDataModule(L.LightningDataModule):
         rank, size = world()
         loaders = []
         for split in self.val_splits:
-            games = shard(balanced(find_games(split, self.data_root), self.val_games), rank, size)
+            pool = panel_games(split, self.data_root) if self.val_panel else find_games(split, self.data_root)
+            games = shard(balanced(pool, self.val_games), rank, size)
             # A rank with no game still gets one (empty) batch: Lightning rejects empty loaders.
             per_rollout = self.val_batch or max(1, len(games))
             label = f"eval {split}"

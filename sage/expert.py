@@ -16,8 +16,6 @@ from sage.rollout.loop import rollout
 from sage.rollout.records import Episode
 from sage.specs import RolloutSpec
 
-EXPERT_ANSWER = "<think>The next step of my plan is to {action}.</think><action>{action}</action>"
-
 
 @dataclass
 class WalkthroughPolicy:
@@ -25,7 +23,7 @@ class WalkthroughPolicy:
 
     tokenizer: object
     plans: list[list[str]]
-    answer: str = EXPERT_ANSWER
+    answer: str  # the prompt's expert answer (PromptTemplate.expert_answer)
 
     def __post_init__(self) -> None:
         self._turn = [0] * len(self.plans)
@@ -60,14 +58,14 @@ def expert_episodes(
     cfg: RolloutSpec,
     pool,
     chunk: int | None = None,
-    answer: str = EXPERT_ANSWER,
 ) -> list[Episode]:
-    """Play every game's walkthrough in `pool`; the episodes are won unless the step limit is too small."""
+    """Play every game's walkthrough in `pool` in the prompt's answer format (`expert_answer`); the episodes
+    are won unless the step limit is too small."""
     games = list(games)
     chunk = chunk or max(1, len(games))
     episodes: list[Episode] = []
     for i in range(0, len(games), chunk):
         part = games[i : i + chunk]
-        policy = WalkthroughPolicy(tokenizer, [walkthrough(g) for g in part], answer)
+        policy = WalkthroughPolicy(tokenizer, [walkthrough(g) for g in part], prompt.template.expert_answer)
         episodes += rollout(policy, pool, part, prompt, tokenizer, cfg, greedy=True)
     return episodes

@@ -19,7 +19,7 @@ JudgeScoring = Literal["auto", "first_token", "full"]
 ConfidenceKind = Literal["max_prob", "neg_entropy", "none"]
 ContextMode = Literal["window", "transcript"]
 Objective = Literal["distill", "sft"]
-DataSource = Literal["on_policy", "expert", "teacher"]
+DataSource = Literal["on_policy", "expert", "teacher", "dagger"]
 Init = Literal["pretrained", "random"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16", "float64"]
 
@@ -216,3 +216,55 @@ class RolloutSpec:
                 f"data.rollout.max_new_tokens={self.max_new_tokens}: it must be larger (prompts take ~300-1000 tokens)"
             )
         self.chat_template_kwargs = dict(self.chat_template_kwargs or {})
+
+
+@dataclass
+class DaggerSpec:
+    """Teacher data for ``data.source: dagger`` (results/teacher/README.md): epoch r is round r. Each round plays
+    its own block of train games (a seeded permutation of the split, cut in consecutive blocks) with a
+    per-turn mix of the hand-coded expert, noise and the model being trained; the expert's turns become
+    policy targets and every turn a candidate judge example with its offline label (sage.teacher.labels).
+    Lists are per round; epochs past the last entry reuse it."""
+
+    games: list[int] = field(default_factory=lambda: [1000, 300])
+    """Train games played in each round."""
+    model_share: list[float] = field(default_factory=lambda: [0.0, 0.5])
+    """Share of turns the model being trained answers (greedy) in each round: 0 = expert and noise only;
+    above 0 = DAgger (the expert labels the states the model reaches)."""
+    random: float = 0.1
+    """Per-turn chance of a random admissible action other than the expert's (a detour; untrained)."""
+    invalid: float = 0.05
+    """Per-turn chance of a command admissible earlier in the game but not now ("Nothing happens."; untrained)."""
+    repeat: float = 0.05
+    """Per-turn chance of repeating the previous action (untrained)."""
+    judge_examples: list[int] = field(default_factory=lambda: [600, 400])
+    """Judge examples per round, drawn from all of the round's turns with labels as balanced as they allow."""
+    judge_labels: tuple[str, ...] = ("SKIP", "WEAK", "STRONG")
+    """Verdicts the judge learns (model.gate.labels of the distillation runs that use this teacher)."""
+    judge_history: int = 2
+    """Earlier turns in each judge prompt (model.gate.judge_history of those runs)."""
+
+    def __post_init__(self) -> None:
+        for key, values in (("games", self.games), ("model_share", self.model_share),
+                            ("judge_examples", self.judge_examples)):
+            if not values:
+                raise SpecError(f"data.dagger.{key}=[] needs one value per round")
+        for g in self.games:
+            check_range("data.dagger.games", g, 1)
+        for m in self.model_share:
+            check_range("data.dagger.model_share", m, 0.0, 1.0)
+        for n in self.judge_examples:
+            check_range("data.dagger.judge_examples", n, 0)
+        for key in ("random", "invalid", "repeat"):
+            check_range(f"data.dagger.{key}", getattr(self, key), 0.0, 1.0)
+        if self.random + self.invalid + self.repeat > 1:
+            raise SpecError(f"data.dagger.random + invalid + repeat = {self.random + self.invalid + self.repeat:g} "
+                            "must be <= 1")
+        check_range("data.dagger.judge_history", self.judge_history, 0)
+        self.judge_labels = tuple(self.judge_labels)
+        if self.judge_labels not in (("SKIP", "WEAK", "STRONG"), ("SKIP", "INTERVENE")):
+            raise SpecError(f"data.dagger.judge_labels={list(self.judge_labels)}; allowed: [SKIP, WEAK, STRONG] or "
+                            "[SKIP, INTERVENE] (the offline rule's verdicts, WEAK and STRONG merged)")
+
+    def at(self, round_index: int, values: list):
+        return values[min(round_index, len(values) - 1)]

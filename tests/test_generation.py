@@ -225,3 +225,19 @@ def test_grouped_attention_equals_repeated_heads(q, masked):
         is_causal=not masked,
     ).transpose(1, 2)
     torch.testing.assert_close(out, ref, rtol=0, atol=64 * torch.finfo(torch.float64).eps)
+
+
+def test_a_session_that_joins_after_others_were_cached_equals_a_fresh_prefill(model_tok):
+    """Sessions may start at any call (the teacher-data policy lets the model answer only some turns):
+    a new session added next to cached ones, then moved in the cache, still generates exactly."""
+    model, tok = model_tok
+    cached, fresh = HFGenerator(model, tok), HFGenerator(model, tok)
+    a, b, c = _prompts(tok)
+    (first,) = cached.generate([a], GREEDY, session_ids=[0], keep_cache=True)
+    joined = cached.generate([b, c], GREEDY, session_ids=[1, 2], keep_cache=True)  # 0 waits; 1, 2 are new
+    for got, ref in zip(joined, fresh.generate([b, c], GREEDY), strict=True):
+        assert got.token_ids == ref.token_ids and got.logprobs == pytest.approx(ref.logprobs, abs=TOL)
+    later = a + first.token_ids + [11]
+    (again,) = cached.generate([later], GREEDY, session_ids=[0], keep_cache=True)
+    (ref,) = fresh.generate([later], GREEDY)
+    assert again.token_ids == ref.token_ids and again.logprobs == pytest.approx(ref.logprobs, abs=TOL)

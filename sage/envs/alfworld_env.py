@@ -30,6 +30,11 @@ class StepResult:
     step: int  # steps taken so far in this episode
     task: str  # goal text ("put a clean mug in coffeemachine.")
     error: str | None = None  # set when the worker died; then done=True, won=False
+    # Privileged, for offline labels only (never shown to a policy or the judge); None when the env
+    # tracks no expert. The hand-coded expert's next action from this state, and the index of the
+    # expert's current subgoal (find, take, heat, ..., put), computed from the true game facts.
+    expert_action: str | None = None
+    subgoal: int | None = None
 
 
 def task_text(observation: str) -> str:
@@ -58,6 +63,14 @@ def _make_gym_env(path: str, max_steps: int, facts: bool):
         return textworld.gym.make(env_id)
     finally:
         textworld.gym.utils.registry.pop(env_id, None)  # the registry would otherwise grow per game
+
+
+def _expert_view(action: str) -> str:
+    """The command as alfworld 0.4.2's hand-coded expert tracks it: the expert emits "move X to Y" (the
+    2.1.1 games' command) but updates its inventory only on a command containing "put", so after its
+    first placement in a pick_two game it still believes it holds the object and wanders until the step
+    limit. Showing it "put X to Y" fixes that without touching the engine or the expert."""
+    return "put " + action[len("move "):] if action.startswith("move ") else action
 
 
 class AlfworldEnv:
@@ -103,7 +116,7 @@ class AlfworldEnv:
             obs, list(infos["admissible_commands"]), bool(infos["won"]), False, 0, task_text(obs)
         )
         self._start_expert(path, obs)
-        return self._last
+        return self._with_expert(self._last)
 
     def step(self, action: str) -> StepResult:
         if self._last is None:
@@ -123,7 +136,7 @@ class AlfworldEnv:
             self._last.task,
         )
         self._advance_expert(action.strip(), obs, infos)
-        return self._last
+        return self._with_expert(self._last)
 
     def expert_action(self) -> str | None:
         """The handcoded expert's next action (diagnostics only).
@@ -132,6 +145,12 @@ class AlfworldEnv:
         expert fails most pick_two games: it waits for a "put" command, the 2.1.2 games say "move X to Y".
         """
         return self._expert_next
+
+    def _with_expert(self, res: StepResult) -> StepResult:
+        if self._expert_agent is not None:
+            res.expert_action = self._expert_next
+            res.subgoal = int(getattr(self._expert_agent.policy, "subgoal_idx", 0))
+        return res
 
     def close(self):
         if self._gym is not None:
@@ -166,7 +185,7 @@ class AlfworldEnv:
         rng_state = random.getstate()  # the expert draws from `random`; keep it private and repeatable
         random.seed(self._last.step)
         try:
-            nxt = self._expert_agent.act(state, 0, state["won"], action)
+            nxt = self._expert_agent.act(state, 0, state["won"], _expert_view(action))
         except Exception:
             self._expert_agent, self._expert_next = None, None
             return

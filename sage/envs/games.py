@@ -197,6 +197,29 @@ def find_games(
     return games if limit is None else games[:limit]
 
 
+PANELS = Path(__file__).parent / "panels"
+
+
+def panel_games(split: str, data_root: str | None = None) -> list[GameInfo]:
+    """The committed evaluation panel of a validation split (sage/envs/panels/<split>.txt: 10 games per task
+    type), found under the data root; every CPU evaluation of the project plays these games."""
+    canonical = canonical_split(split)
+    file = PANELS / f"{canonical}.txt"
+    if not file.is_file():
+        have = ", ".join(sorted(p.stem for p in PANELS.glob("*.txt")))
+        raise UnknownSplitError(f"no evaluation panel for split {canonical!r}; panels exist for: {have}")
+    wanted = [line.strip() for line in file.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    found = {g.game_id: g for g in find_games(canonical, data_root)}
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        raise DataRootError(
+            f"{len(missing)} of the {len(wanted)} {canonical} panel games are not under this data root (first: "
+            f"{missing[0]!r}); the panels need the full ALFWorld splits (bash scripts/alfworld_data.sh, then "
+            "ALFWORLD_DATA or data.data_root), or set data.val_panel false"
+        )
+    return [found[w] for w in wanted]
+
+
 def walkthrough(game: GameInfo | str) -> list[str]:
     """The stored solution of a game (the `walkthrough` field of game.tw-pddl); it wins the game."""
     path = game.path if isinstance(game, GameInfo) else str(game)

@@ -26,7 +26,7 @@ def _portable_error(exc: BaseException) -> Exception:
     return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _worker_main(conn, max_steps: int):
+def _worker_main(conn, max_steps: int, expert: bool = False):
     """Child loop: ("reset", [game, ...]) or ("step", [(index, action), ...]) -> [StepResult | Exception].
 
     Ctrl-C is left to the parent, which shuts workers down; a worker whose parent vanished sees EOF.
@@ -45,7 +45,7 @@ def _worker_main(conn, max_steps: int):
         out = []
         if cmd == "reset":
             # Spare envs stay open: reusing one avoids loading another copy of the planner library.
-            envs += [AlfworldEnv(max_steps, expert=False) for _ in range(len(payload) - len(envs))]
+            envs += [AlfworldEnv(max_steps, expert=expert) for _ in range(len(payload) - len(envs))]
             calls = [(env.reset, game) for env, game in zip(envs, payload, strict=False)]
         else:  # "step": payload holds (local index, action) pairs
             calls = [(envs[i].step, action) for i, action in payload]
@@ -78,10 +78,10 @@ def _deal(games: list, num_workers: int) -> dict[int, list[int]]:
 
 
 class _Worker:
-    def __init__(self, ctx, max_steps: int):
+    def __init__(self, ctx, max_steps: int, expert: bool = False):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
-            target=_worker_main, args=(child, max_steps), daemon=True, name="sage-alfworld-worker"
+            target=_worker_main, args=(child, max_steps, expert), daemon=True, name="sage-alfworld-worker"
         )
         self.process.start()
         child.close()
@@ -127,15 +127,18 @@ class EnvPool:
     A worker that dies ends only its own episodes (StepResult.error set, done=True); it is replaced at
     the next reset. Workers are also replaced after `recycle_after` games, because a process that keeps
     opening games keeps growing. num_workers=0 plays every game in this process (debugging).
+    expert=True tracks alfworld's hand-coded expert in every game (`StepResult.expert_action`,
+    `StepResult.subgoal`: offline labels and teacher data; steps read the game facts, so they cost more).
     """
 
-    def __init__(self, num_workers: int = 2, max_steps: int = 50, recycle_after: int = 64):
+    def __init__(self, num_workers: int = 2, max_steps: int = 50, recycle_after: int = 64, expert: bool = False):
         if num_workers < 0 or max_steps < 1 or recycle_after < 1:
             raise ValueError(
                 f"need num_workers >= 0, max_steps >= 1, recycle_after >= 1; got "
                 f"{num_workers}, {max_steps}, {recycle_after}"
             )
         self.num_workers, self.max_steps, self.recycle_after = num_workers, max_steps, recycle_after
+        self.expert = expert
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker | None] = [None] * num_workers
         self._local_envs: list[AlfworldEnv] = []
@@ -236,7 +239,7 @@ class EnvPool:
 
     def _reset_local(self, games: list[GameInfo]) -> list[StepResult]:
         missing = len(games) - len(self._local_envs)
-        self._local_envs += [AlfworldEnv(self.max_steps, expert=False) for _ in range(missing)]
+        self._local_envs += [AlfworldEnv(self.max_steps, expert=self.expert) for _ in range(missing)]
         self._last = [env.reset(game) for env, game in zip(self._local_envs, games, strict=False)]
         self._where = [(0, i) for i in range(len(games))]
         return list(self._last)
@@ -252,7 +255,7 @@ class EnvPool:
             worker.stop()
             worker = None
         if worker is None:
-            self._workers[w] = _Worker(self._ctx, self.max_steps)
+            self._workers[w] = _Worker(self._ctx, self.max_steps, self.expert)
 
     @staticmethod
     def _dead_result(note: str, last: StepResult | None) -> StepResult:

@@ -51,6 +51,9 @@ class PromptTemplate:
         "Observation:\n{observation}\n\nAdmissible actions:\n{admissible}\n\n"
         "Answer with <think>...</think><action>...</action>."
     )
+    expert_answer: str = "<think>The next step of my plan is to {action}.</think><action>{action}</action>"
+    """The answer scripted experts give in this prompt's answer format ({action} is the command): what SFT
+    and teacher data train on, so it must be the format `answer_format` asks for."""
 
 
 _BANNER_RE = re.compile(r"^\s*-=.*?=-\s*\n+")

@@ -62,10 +62,21 @@ class RaggedCache(Cache):
         self.lengths = [self.lengths[o] for o in order]
         if not moved or not self.keys:
             return
+        self._grow_rows()
         dst = torch.tensor(moved, device=self.keys[0].device)
         src = torch.tensor([order[i] for i in moved], device=self.keys[0].device)
         for buf in (*self.keys, *self.values):
             buf[dst] = buf[src]  # the right side is gathered first, so overlapping moves are safe
+
+    def _grow_rows(self) -> None:
+        """Give the buffers a row for every row in use: rows added after the last forward (a session that
+        joins later) have none yet, and a permutation may move them."""
+        rows = self.keys[0].shape[0]
+        if rows >= self.num_rows:
+            return
+        for bufs in (self.keys, self.values):
+            for i, old in enumerate(bufs):
+                bufs[i] = torch.cat([old, old.new_zeros((self.num_rows - rows, *old.shape[1:]))])
 
     # -- one forward ------------------------------------------------------------------------------
     def begin(self, first: int, starts: Tensor, q: int, kv_len: int) -> None:

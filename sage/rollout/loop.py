@@ -42,6 +42,7 @@ class _Slot:
     history: list[tuple[str, str]]
     transcript: Transcript | None = None
     done: bool = False
+    state: object = None  # the latest StepResult (its privileged expert fields label the next turn)
 
 
 def _window_prompt(
@@ -88,7 +89,7 @@ def rollout(
     slots: list[_Slot] = []
     for game, res in zip(games, pool.reset(list(games)), strict=True):
         ep = Episode(game.game_id, game.split, game.task_type, res.task, error=res.error)
-        slot = _Slot(ep, res.observation, list(res.admissible), [], done=res.done or res.error is not None)
+        slot = _Slot(ep, res.observation, list(res.admissible), [], done=res.done or res.error is not None, state=res)
         if transcript and not slot.done:
             slot.transcript = Transcript.start(codec, prompt.transcript_first(res.task, res.observation, res.admissible))
         slots.append(slot)
@@ -126,13 +127,14 @@ def rollout(
                 context_ids=[] if transcript else list(ctx), response_ids=gen.token_ids,
                 logprobs=gen.logprobs, response_text=gen.text, action=p.action, valid_format=p.valid,
                 observation=slot.observation, admissible=slot.admissible, feedback=res.observation,
-                done=res.done, won=res.won, offset=offset,
+                done=res.done, won=res.won, offset=offset, expert_action=slot.state.expert_action,
+                subgoal_before=slot.state.subgoal, subgoal_after=res.subgoal,
             )
             ep.turns.append(turn)
             if transcript:
                 slot.transcript.add_response(gen.token_ids)
             slot.history.append((slot.observation, p.action))
-            slot.observation, slot.admissible = res.observation, list(res.admissible)
+            slot.observation, slot.admissible, slot.state = res.observation, list(res.admissible), res
             if res.error is not None:
                 ep.error = res.error
             if res.done or res.error is not None:

@@ -32,6 +32,12 @@ class Turn:
     done: bool
     won: bool
     offset: int = -1  # transcript mode: position of response_ids[0] inside Episode.sequence_ids
+    # Privileged, for offline labels only (set when the environment tracks alfworld's hand-coded expert;
+    # never shown to the policy or the judge): the expert's next action at `observation`, and the index of
+    # the expert's current subgoal before and after this turn's action.
+    expert_action: str | None = None
+    subgoal_before: int | None = None
+    subgoal_after: int | None = None
     # Filled in after the rollout by the judge and teacher scoring.
     gate_label: str | None = None  # SKIP / WEAK / STRONG / INTERVENE / ALWAYS ...
     gate: float = 1.0  # g_t

@@ -1,0 +1,122 @@
+"""Teacher data (data.source: dagger): the expert fix, the offline label rule, the expert/noise/model mix
+and the training episodes it serves, on real bundled ALFWorld games."""
+
+from __future__ import annotations
+
+import pytest
+
+from sage.distill.judge import TurnJudge
+from sage.envs import AlfworldEnv, PromptBuilder, PromptTemplate
+from sage.envs import alfworld_env as env_module
+from sage.rollout.generation import HFGenerator
+from sage.specs import RolloutSpec
+from sage.teacher.labels import offline_label, offline_labels
+from sage.teacher.policy import Mix
+from sage.teacher.rounds import collect_round
+from tests.helpers import make_turn, tiny_model, tiny_tokenizer
+
+ANSWER = "<action>{action}</action>"
+MAX_TURNS = 30
+PROMPT = PromptBuilder(PromptTemplate(transcript_feedback="Observation:\n{observation}"))
+SPEC = RolloutSpec(context_mode="transcript", max_new_tokens=12, max_context_tokens=4096)
+
+
+def _follow_expert(game) -> bool:
+    env = AlfworldEnv(max_steps=MAX_TURNS, expert=True)
+    try:
+        res = env.reset(game)
+        while not res.done and res.expert_action is not None:
+            res = env.step(res.expert_action)
+        return res.won
+    finally:
+        env.close()
+
+
+def test_the_hand_coded_expert_wins_pick_two_games_with_the_fix(bundled_games, monkeypatch):
+    game = next(g for g in bundled_games["train"] if g.task_type == "pick_two_obj_and_place")
+    assert _follow_expert(game)
+    # without the fix alfworld 0.4.2's expert never puts the second object down
+    monkeypatch.setattr(env_module, "_expert_view", lambda action: action)
+    assert not _follow_expert(game)
+
+
+@pytest.mark.parametrize(
+    ("fields", "previous", "label"),
+    [
+        ({"action": "go to desk 1", "expert_action": "go to desk 1", "subgoal_before": 0, "subgoal_after": 0}, None,
+         "SKIP"),
+        ({"action": "take mug 1 from desk 1", "expert_action": "take mug 2 from desk 1", "subgoal_before": 0,
+          "subgoal_after": 1}, None, "SKIP"),  # another route that progresses
+        ({"action": "go to bed 1", "expert_action": "go to desk 1", "subgoal_before": 0, "subgoal_after": 0}, None,
+         "WEAK"),  # a detour
+        ({"action": "take pen 1 from bed 1", "feedback": "Nothing happens.", "expert_action": "take pen 1 from bed 1"},
+         None, "STRONG"),  # even the expert's command fails when the engine refuses it
+        ({"action": "look", "feedback": "You see a bed.", "expert_action": "go to desk 1"},
+         {"action": "look", "feedback": "You see a bed."}, "STRONG"),  # a repeat that learns nothing
+        ({"action": "move mug 1 to bed 1", "expert_action": "go to desk 1", "subgoal_before": 2, "subgoal_after": 0},
+         None, "STRONG"),  # the task object put down elsewhere
+        ({"action": "", "valid_format": False, "expert_action": "go to desk 1"}, None, "STRONG"),
+    ],
+)
+def test_offline_label_rule(fields, previous, label):
+    base = {"feedback": "You arrive at desk 1."}
+    turn = make_turn(**{**base, **fields})
+    prev = make_turn(**{**base, **previous}) if previous else None
+    assert offline_label(turn, prev) == label
+
+
+def _round(pool, mix, games, judge_examples=6, model=None, seed=0):
+    tok = tiny_tokenizer()
+    judge_model = model if model is not None else tiny_model()
+    judge = TurnJudge("teacher_judge", model=judge_model, tokenizer=tok)
+    gen = HFGenerator(model, tok, seed=seed) if model is not None else None
+    return collect_round(games=games, pool=pool, prompt=PROMPT, tokenizer=tok, rollout_spec=SPEC, mix=mix,
+                         answer=ANSWER, judge=judge, judge_examples=judge_examples, model=gen and model, seed=seed,
+                         batch=None), tok
+
+
+@pytest.fixture(scope="module")
+def expert_pool():
+    from sage.envs import EnvPool
+
+    with EnvPool(num_workers=2, max_steps=MAX_TURNS, expert=True) as p:
+        yield p
+
+
+def test_noisy_expert_round_trains_only_the_expert_turns(expert_pool, bundled_games):
+    games = [g for g in bundled_games["train"] if g.task_type == "pick_and_place_simple"][:3]
+    (episodes, stats), tok = _round(expert_pool, Mix(random=0.3, invalid=0.15, repeat=0.15), games)
+    policy = [e for e in episodes if e.split != "judge"]
+    judges = [e for e in episodes if e.split == "judge"]
+    assert policy and all(e.won for e in policy)
+    noise_turns = 0
+    for ep in policy:
+        for t in ep.turns:
+            trained = t.response_text == ANSWER.format(action=t.expert_action)
+            noise_turns += not trained
+            span = ep.student_mask[t.offset : t.offset + len(t.response_ids)]
+            assert span == [int(trained)] * len(t.response_ids)
+        assert sum(ep.student_mask) == sum(len(t.response_ids) for t in ep.turns
+                                           if t.response_text == ANSWER.format(action=t.expert_action))
+    assert noise_turns > 0  # 60% noise over several games: some turns are untrained context
+    assert 0 < stats["data/source_expert"] < 1 and stats["data/expert_turns_trained"] > 0
+    # judge examples: the judge's own prompt, then the offline label's tokens, the only trained ones
+    assert len(judges) == 6 and {e.turns[0].response_text for e in judges} <= {"SKIP", "WEAK", "STRONG"}
+    for e in judges:
+        n = len(e.turns[0].response_ids)
+        assert e.student_mask == [0] * (len(e.sequence_ids) - n) + [1] * n
+        assert tok.decode(e.sequence_ids[-n:]).strip() == e.turns[0].response_text
+        assert "Environment feedback after the student's action" in tok.decode(e.sequence_ids[:-n])
+
+
+def test_dagger_round_lets_the_model_act_and_never_trains_its_own_deviations(expert_pool, bundled_games):
+    games = [g for g in bundled_games["train"] if g.task_type == "look_at_obj_in_light"][:2]
+    model = tiny_model(seed=1)
+    (episodes, stats), _ = _round(expert_pool, Mix(model=0.5), games, judge_examples=4, model=model)
+    assert stats["data/source_model"] > 0.2
+    for ep in (e for e in episodes if e.split != "judge"):
+        for t in ep.turns:  # a random tiny model never writes the expert's exact answer
+            if t.response_text != ANSWER.format(action=t.expert_action):
+                assert not any(ep.student_mask[t.offset : t.offset + len(t.response_ids)])
+    labels = [lab for e in episodes if e.split != "judge" for lab in offline_labels(e)]
+    assert set(labels) <= {"SKIP", "WEAK", "STRONG"}
