@@ -5,37 +5,23 @@ are merged into the base weights first, on a copy, leaving the training model un
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import lightning as L
+
+from sage.io import atomic_folder
 
 
 def export_student(module, dirpath: str | Path) -> Path:
     """Write the folder next to its target, then swap it in: a failed or interrupted export never leaves
     a half-written model, and an earlier export at ``dirpath`` stays whole until the new one is complete."""
     out = Path(dirpath)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         model = module.student
         if hasattr(model, "merge_and_unload"):  # peft: merge adapters into a copy of the base model
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         module.tokenizer.save_pretrained(tmp)
-        for f in [tmp, *tmp.iterdir()]:  # mkdtemp makes an owner-only folder; keep the usual permissions
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import lightning as L
+
+from sage.io import atomic_path
 
 
 def _round(xs, nd: int = 4) -> list[float] | None:
@@ -71,12 +72,9 @@ def episode_record(ep, epoch: int, tokenizer=None) -> dict:
 
 
 def write_jsonl(path: Path, episodes, epoch: int, tokenizer=None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         for ep in episodes:
             f.write(json.dumps(episode_record(ep, epoch, tokenizer)) + "\n")
-    os.replace(tmp, path)
 
 
 class EpisodeTranscripts(L.Callback):

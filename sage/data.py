@@ -13,7 +13,6 @@ normalization. It never writes to the module: the epoch's statistics travel in t
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from sage.distributed import shard, world
 from sage.envs import EnvPool, GameInfo, PromptBuilder, PromptTemplate, canonical_split, find_games, split_key
 from sage.experience import Experience, ExperienceBuilder
+from sage.io import atomic_path
 from sage.rollout.player import GameBatch, Player
 from sage.rollout.records import Episode
 from sage.specs import DATA_SOURCES, DataSource, RolloutSpec, check_choice
@@ -236,10 +236,8 @@ class SageDataModule(L.LightningDataModule):
         episodes = self.collect(epoch)
         self._epoch_file = self._epoch_path(epoch)
         if self._epoch_file is not None:
-            self._epoch_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._epoch_file.with_suffix(".tmp")
-            torch.save(episodes, tmp)
-            os.replace(tmp, self._epoch_file)
+            with atomic_path(self._epoch_file) as tmp:
+                torch.save(episodes, tmp)
         return episodes, 0
 
     # -- evaluation -----------------------------------------------------------------------------------

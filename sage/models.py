@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from sage.errors import InputError
+from sage.io import atomic_folder
 from sage.specs import ModelSpec, check_choice
 
 log = logging.getLogger(__name__)
@@ -103,9 +102,7 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = _gguf_folder()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_ALIAS}-", dir=target.parent))
-    try:
+    with atomic_folder(target, replace=False) as tmp:  # a concurrent run may publish it first: fine
         tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
         tok.model_max_length = MODEL_MAX_LENGTH
         if tok.pad_token is None:
@@ -123,15 +120,6 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
         model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        for f in [tmp, *tmp.iterdir()]:  # mkdtemp/safetensors create owner-only files; the cache may be shared
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a lost race: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
