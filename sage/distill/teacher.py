@@ -36,7 +36,7 @@ from sage.specs import CONFIDENCE_KINDS, check_choice, check_temperature
 class TeacherScorer:
     """Fills ``Turn.teacher_logprobs``, ``Turn.confidence`` and (``keep_hidden``) ``Turn.teacher_hidden``.
 
-    ``vocab_rows``: logit columns shared with the student (see `sage.models.check_tokenizers`); log-probs
+    ``vocab_rows``: logit columns shared with the student (see `sage.models.shared_vocab_rows`); log-probs
     and kappa use those columns only. ``temperature`` applies to both.
     """
 
