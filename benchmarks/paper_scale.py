@@ -30,7 +30,7 @@ import torch
 from counting import Shape, matmul_probe, sync
 
 from sage.data import SageDataModule
-from sage.distill.judge import TurnJudge
+from sage.distill.judge import TeacherJudge
 from sage.distill.teacher import TeacherScorer
 from sage.envs import EnvPool, find_games
 from sage.forward import base_model
@@ -233,7 +233,7 @@ def main() -> None:
     family = ARCHS[args.family]
     tok_dir = Path(args.tokenizer) if args.tokenizer else smollm2_path()
     counter = Counter()
-    in_phase(TurnJudge, "judge", "judge")
+    in_phase(TeacherJudge, "judge", "judge")
     in_phase(TeacherScorer, "_score", "score")
     in_phase(HFGenerator, "generate", "rollout")
     in_phase(SageModule, "training_step", "train")

@@ -14,7 +14,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from sage.distill.annotate import Annotator
 from sage.distill.fused import chunked_token_loss
-from sage.distill.judge import JudgePrompt, TurnJudge
+from sage.distill.gate import make_gate
+from sage.distill.judge_prompt import JudgePrompt
 from sage.distill.objective import normalized, token_weights
 from sage.distill.teacher import TeacherScorer
 from sage.forward import output_head, predicting, selected_hidden
@@ -117,7 +118,7 @@ class SageModule(L.LightningModule):
     def make_annotator(self) -> Annotator:
         """Judge + (distillation) the teacher's one pass, from the current specs and models."""
         c, spec = self.confidence_spec, self.loss_spec
-        judge = TurnJudge.from_spec(self.gate_spec, self.judge_prompt, self.teacher, self.tokenizer)
+        gate = make_gate(self.gate_spec, self.judge_prompt, self.teacher, self.tokenizer)
         scorer = None
         if self.objective == "distill":
             scorer = TeacherScorer(
@@ -125,7 +126,7 @@ class SageModule(L.LightningModule):
                 temperature=spec.temperature, vocab_rows=self.vocab_rows, chunk_tokens=spec.chunk_tokens,
                 keep_hidden=spec.divergence != "sampled_reverse_kl",  # that loss reads only log pi_T(y)
             )
-        return Annotator(judge, scorer)
+        return Annotator(gate, scorer)
 
     # -- training -------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

@@ -67,6 +67,18 @@ def tiny_tokenizer():
     return load_tokenizer("tiny-random")
 
 
+def char_tokenizer():
+    """Every printable ASCII character its own token (ids 3..97, eos/pad 1): the labels SKIP and STRONG
+    then share their first tokens, as labels may in a teacher's real vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2} | {chr(c): c - 29 for c in range(32, 127)}
+    chars = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    chars.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=chars, eos_token="<eos>", pad_token="<eos>")
+
+
 def tiny_model(seed: int = 0, num_layers: int = 2, vocab_size: int = SMOLLM2_VOCAB, dtype=torch.float32):
     """Tiny random Llama (hidden 64) in eval mode with gradients on; same seed -> same weights (in any
     dtype: built in float32, then cast). ``vocab_size`` > 49152 gives a padded LM head like Qwen2.5's."""

@@ -141,14 +141,14 @@ def test_sft_needs_no_teacher_but_distill_does():
 
 
 def test_annotate_uses_the_configured_gate_and_confidence():
-    from sage.distill.judge import TurnJudge
+    from sage.distill.gate import make_gate
     from sage.models import freeze
     from tests.helpers import biased_model
 
     module = _module(gate=GateSpec(mode="teacher_judge", labels=("SKIP", "INTERVENE")),
                      confidence=ConfidenceSpec(kind="max_prob"))
     eps = _episodes()
-    judge = TurnJudge(labels=("SKIP", "INTERVENE"), model=module.teacher, tokenizer=module.tokenizer)
+    judge = make_gate(module.gate_spec, None, module.teacher, module.tokenizer)
     skip_ids = judge.label_token_ids(judge.prompt_text(eps[0], 0))[0]
     module.teacher = freeze(biased_model({i: 50.0 for i in skip_ids}, seed=1))
     for t in eps[0].turns:

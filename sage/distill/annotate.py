@@ -1,5 +1,5 @@
-"""The teacher's work on a rollout, between the environment and the batches: the judge's gate g_t on
-every turn, then (distillation) the teacher's one pass over the student's tokens of the turns it kept:
+"""The teacher's work on a rollout, between the environment and the batches: the gate g_t on every turn
+(`sage.distill.gate`), then (distillation) the teacher's one pass over the student's tokens of the turns it kept:
 log pi_T and kappa per token, and the hidden states the loss recomputes the teacher's logits from.
 
 Only turns with g_t > 0 are scored: a skipped turn's weight is 0 whatever kappa is (it adds only its
@@ -14,21 +14,21 @@ from dataclasses import dataclass
 
 import torch
 
-from sage.distill.judge import TurnJudge
+from sage.distill.gate import Gate
 from sage.distill.teacher import TeacherScorer
 from sage.rollout.records import Episode
 
 
 @dataclass
 class Annotator:
-    judge: TurnJudge
+    gate: Gate
     scorer: TeacherScorer | None  # None: nothing to score (the SFT objective)
 
     @torch.no_grad()
     def __call__(self, episodes: list[Episode], transcript: bool) -> dict[str, float]:
         """Annotate the episodes in place; returns the seconds each part took."""
         t0 = time.perf_counter()
-        self.judge.judge(episodes)
+        self.gate.judge(episodes)
         t1 = time.perf_counter()
         if self.scorer is not None:
             if transcript:
