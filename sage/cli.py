@@ -1,8 +1,8 @@
 """`sage`: the LightningCLI entry point (`sage fit|validate --config configs/<x>.yaml`).
 
 Every subcommand starts from configs/base.yaml; the --config files given override it. The ablation
-report, ALFWorld evaluation and transcript callbacks are always present and are set from top-level
-YAML keys `ablation:`, `evaluation:` and `transcripts:`. `sage experiment` runs a
+report, ALFWorld evaluation and episode-log callbacks are always present and are set from top-level
+YAML keys `ablation:`, `evaluation:` and `episode_log:`. `sage experiment` runs a
 whole method x ablation x seed matrix (see `sage.experiment`).
 
 Bad input (see README, "When something is wrong") ends `sage` with one message and exit code 2: a bad
@@ -24,7 +24,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from callbacks import AblationReport, AlfworldEvaluation, EpisodeTranscripts
+from callbacks import AblationReport, AlfworldEvaluation, EpisodeLog
 from sage.data import SageDataModule
 from sage.errors import InputError
 from sage.module import SageModule
@@ -69,7 +69,7 @@ class SageCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AblationReport, "ablation")
         parser.add_lightning_class_args(AlfworldEvaluation, "evaluation")
-        parser.add_lightning_class_args(EpisodeTranscripts, "transcripts")
+        parser.add_lightning_class_args(EpisodeLog, "episode_log")
 
     def instantiate_trainer(self, **kwargs):
         """The trainer's bar is tqdm's, like the bars of the phases outside its loop (rollout, judge,
@@ -97,7 +97,10 @@ class SageCLI(LightningCLI):
         LightningCLI (>= 2.3) would replace every ``model`` option with the hyperparameters stored in the
         checkpoint, silently overriding what the command line asked for (e.g. another student). Here the
         configured student is built and a checkpoint that does not fit it is refused with
-        `sage.models.CheckpointMismatchError` (see `SageModule.on_load_checkpoint`)."""
+        `sage.models.CheckpointMismatchError` (see `SageModule.on_load_checkpoint`).
+
+        Lightning 2.6.6 offers no public switch for this: the override of its private ``_parse_ckpt_path``
+        (a no-op here) is the only way; re-check it when upgrading Lightning."""
 
     def before_instantiate_classes(self) -> None:
         """Check the ALFWorld data before any model is loaded: a missing or empty data root or split

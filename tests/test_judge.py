@@ -22,12 +22,12 @@ def tok():
 
 def _episodes():
     a = make_episode([
-        make_turn(step=0, action="go to desk 1", feedback="On the desk 1, you see a mug 1."),
-        make_turn(step=1, action="take mug 1 from desk 1", feedback="You pick up the mug 1 from the desk 1."),
-        make_turn(step=2, action="take mug 1 from desk 1", feedback="Nothing happens."),
-        make_turn(step=3, action="", valid_format=False, feedback="Nothing happens.", done=True),
+        make_turn(index=0, action="go to desk 1", feedback="On the desk 1, you see a mug 1."),
+        make_turn(index=1, action="take mug 1 from desk 1", feedback="You pick up the mug 1 from the desk 1."),
+        make_turn(index=2, action="take mug 1 from desk 1", feedback="Nothing happens."),
+        make_turn(index=3, action="", valid_format=False, feedback="Nothing happens.", done=True),
     ])
-    b = make_episode([make_turn(step=0, action="look", feedback="You are in the middle of a room.")],
+    b = make_episode([make_turn(index=0, action="look", feedback="You are in the middle of a room.")],
                      game_id="g1", task="look at the bowl under the desklamp.")
     return [a, b]
 
@@ -118,7 +118,7 @@ def test_always_and_feedback_rule():
     got = [(t.gate_label, t.gate) for e in eps for t in e.turns]
     # ok, ok, repeated action + "Nothing happens.", invalid format, ok
     assert got == [("SKIP", 0.0), ("SKIP", 0.0), ("INTERVENE", 1.0), ("INTERVENE", 1.0), ("SKIP", 0.0)]
-    repeat = make_episode([make_turn(step=0, action="look"), make_turn(step=1, action=" Look ")])
+    repeat = make_episode([make_turn(index=0, action="look"), make_turn(index=1, action=" Look ")])
     make_gate(GateSpec(mode="feedback_rule"), None, None, None).judge([repeat])
     assert [t.gate for t in repeat.turns] == [0.0, 1.0]
 

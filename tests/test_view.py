@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from callbacks.transcripts import episode_record, write_jsonl
+from callbacks.episode_log import episode_record, write_jsonl
 from sage.distill.gate import make_gate
 from sage.distill.teacher import TeacherScorer
 from sage.envs import PromptBuilder, find_games
@@ -103,7 +103,7 @@ def test_old_records_without_per_token_data_still_build(episodes):
 
 
 def test_non_finite_numbers_become_null():
-    turn = {"step": 0, "response": "x", "tokens": ["x"], "confidence": [float("nan")], "logprob": [float("-inf")],
+    turn = {"index": 0, "response": "x", "tokens": ["x"], "confidence": [float("nan")], "logprob": [float("-inf")],
             "teacher_logprob": [-1.0], "feedback": "", "action": "", "gate_label": "WEAK", "gate": 0.5}
     rec = {"epoch": 0, "game_id": "g", "task_type": "t", "task": "", "won": False, "turns": [turn]}
     data = re.search(r'id="sage-data">(.*?)</script>', build_html([rec], "nan"), re.S).group(1)
