@@ -154,8 +154,9 @@ def weighted_loss(token_loss, mask, gate, confidence, denominator, eps: float = 
     l * mask) / max(eps, denominator)`` from the production pieces (`token_weights`, `normalized`), with
     positions of weight 0 removed by ``torch.where`` as the fused loss drops them."""
     from sage.distill.objective import normalized, token_weights
+    from sage.upcast import compute_dtype
 
-    dtype = torch.promote_types(token_loss.dtype, torch.float32)
+    dtype = compute_dtype(token_loss.dtype)
     w = token_weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype))
     loss = torch.where(w != 0, token_loss.to(dtype), torch.zeros((), dtype=dtype, device=token_loss.device))
     return normalized((w * loss).sum(), denominator, eps)

@@ -142,3 +142,27 @@ def test_the_trainer_bar_is_tqdm_like_the_phase_bars_unless_configured_otherwise
     assert off.trainer.progress_bar_callback is None
     named = instantiate([CONFIGS / "quickstart.yaml"], [*TINY_TEACHER, "--trainer.callbacks+", "RichProgressBar"])
     assert type(named.trainer.progress_bar_callback) is RichProgressBar
+
+
+def test_every_module_and_data_key_has_help_text(capsys):
+    """`sage fit --help` explains each SageModule and SageDataModule argument (their Args: docstrings)."""
+    import inspect
+    import re
+
+    from sage.data import SageDataModule
+    from sage.module import SageModule
+
+    with pytest.raises(SystemExit):
+        cli(args=["fit", "--help"])
+    text = capsys.readouterr().out
+    for prefix, cls in (("model", SageModule), ("data", SageDataModule)):
+        for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+            match = re.search(rf"^(\S[^\n]*):\n  --{prefix}\.{name} CONFIG\n", text, re.M)  # a settings group
+            if match is not None:
+                help_text = match.group(1)
+            else:  # the flag, its metavar, then the description (on the same line or the next ones)
+                match = re.search(rf"^  --{prefix}\.{name} [^\n]*\n(?:\s{{10,}}[^\n]*\n)*", text, re.M)
+                assert match, f"--{prefix}.{name} is not in --help"
+                help_text = " ".join(match.group(0).split()[2:])
+            assert not help_text.startswith("(type:") and "Path to a configuration file" not in help_text, (
+                f"--{prefix}.{name} has no description: {help_text!r}")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sage.specs import CONFIDENCE_KINDS, check_choice, check_temperature
+from sage.upcast import upcast
 
 
 @torch.no_grad()
@@ -32,7 +33,7 @@ def teacher_confidence(teacher_logits: Tensor, kind: str = "max_prob", temperatu
     if kind == "none":
         return torch.ones(shape, dtype=torch.float32, device=teacher_logits.device)
     logits = teacher_logits.detach()
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    logits = upcast(logits)
     logp = F.log_softmax(logits / temperature, dim=-1)
     if kind == "max_prob":
         return logp.max(dim=-1).values.exp()

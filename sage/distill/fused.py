@@ -26,6 +26,7 @@ from sage.distill.confidence import teacher_confidence
 from sage.distill.divergence import target_logprobs, token_divergence
 from sage.distill.loss_kinds import LOSS_KINDS
 from sage.specs import CONFIDENCE_KINDS, check_choice, check_range, check_temperature
+from sage.upcast import compute_dtype, upcast
 
 
 def _is_plain_linear(head: torch.nn.Module) -> bool:
@@ -78,7 +79,7 @@ def head_logits(hidden: Tensor, head: torch.nn.Module, vocab_rows: int | None = 
         w, b = head.weight, head.bias
         if hidden.shape[-1] != w.shape[1]:
             raise ValueError(f"hidden size {hidden.shape[-1]} != head input size {w.shape[1]}")
-        dtype = torch.promote_types(torch.promote_types(hidden.dtype, w.dtype), torch.float32)
+        dtype = compute_dtype(hidden.dtype, w.dtype)
         v = rows if vocab_rows is None else vocab_rows
         with _no_autocast(hidden.device):
             return F.linear(hidden.to(dtype), w[:v].to(dtype), None if b is None else b[:v].to(dtype))
@@ -87,7 +88,7 @@ def head_logits(hidden: Tensor, head: torch.nn.Module, vocab_rows: int | None = 
         if vocab_rows > out.shape[-1]:
             raise ValueError(f"vocab_rows={vocab_rows} > the {out.shape[-1]} logits the head returns")
         out = out[..., :vocab_rows]
-    return out.to(torch.promote_types(out.dtype, torch.float32))
+    return upcast(out)
 
 
 def _check_common(temperature: float, chunk_tokens: int) -> None:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from sage.specs import NORMALIZATIONS, check_choice
+from sage.upcast import compute_dtype
 
 
 def _check_normalize(normalize: str) -> None:
@@ -50,7 +51,7 @@ def step_denominator(mask: Tensor, gate: Tensor, confidence: Tensor, normalize: 
     ``normalized`` clamps the step total instead.
     """
     _check_normalize(normalize)
-    dtype = torch.promote_types(torch.promote_types(gate.dtype, confidence.dtype), torch.float32)
+    dtype = compute_dtype(gate.dtype, confidence.dtype)
     if normalize == "opd":
         return mask.detach().to(dtype).sum()
     return token_weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype)).sum()
