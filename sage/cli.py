@@ -76,7 +76,7 @@ class SageCLI(LightningCLI):
         teacher, evaluation: `sage.progress`). Lightning would pick its rich bar whenever `rich` is
         installed, and rich's live display takes over stdout, which hides the terminal from those
         bars. A progress bar named in the config, or ``enable_progress_bar: false``, is kept as is."""
-        trainer = self._get(self.config_init, "trainer", default={})
+        trainer = self.config_init.get(str(self.subcommand), self.config_init).get("trainer") or {}
         configured = trainer.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
@@ -85,7 +85,10 @@ class SageCLI(LightningCLI):
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         """`validate`/`test` print the project's own results table (callbacks.AlfworldEvaluation), so
-        Lightning's per-dataloader tables are off by default (`--verbose true` brings them back)."""
+        Lightning's per-dataloader tables are off by default (`--verbose true` brings them back).
+
+        Lightning 2.6.6 builds each subcommand's parser here and offers no public hook that knows the
+        subcommand, hence this override of a private method; re-check it when upgrading Lightning."""
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand in ("validate", "test"):
             parser.set_defaults(verbose=False)
