@@ -30,7 +30,7 @@ import torch
 from counting import Shape, matmul_probe, sync
 
 from sage.data import SageDataModule
-from sage.distill.judge import TurnJudge
+from sage.distill.judge import TeacherJudge
 from sage.distill.teacher import TeacherScorer
 from sage.envs import EnvPool, find_games
 from sage.forward import base_model
@@ -146,8 +146,9 @@ class StepTimer(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         sync()
         self._t = time.perf_counter()
-        if "loss_mask" in batch:
-            self.trained_tokens += int((batch["loss_mask"][:, 1:] & (batch["gate"][:, 1:] > 0)).sum())
+        if not batch.padding:  # a sage.plan.MicroBatch
+            t = batch.tokens
+            self.trained_tokens += int((t.loss_mask[:, 1:] & (t.gate[:, 1:] > 0)).sum())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         sync()
@@ -193,11 +194,15 @@ def run_slice(args, family: dict, tok_dir: Path, work: Path, counter: Counter):
 
     class Hooked(L.Callback):
         player = None
+        epoch = None
 
         def on_fit_start(self, trainer, pl_module):  # after configure_model built the models
             Hooked.player = trainer.datamodule.player  # the DataModule lets it go at teardown
             base_model(pl_module.student).get_decoder().register_forward_pre_hook(counter.hook("student"), with_kwargs=True)
             base_model(pl_module.teacher).get_decoder().register_forward_pre_hook(counter.hook("teacher"), with_kwargs=True)
+
+        def on_epoch_data(self, trainer, pl_module, epoch):  # sage.epoch.publish
+            Hooked.epoch = epoch
 
     trainer.callbacks.append(Hooked())
     if args.device == "cuda":
@@ -205,8 +210,7 @@ def run_slice(args, family: dict, tok_dir: Path, work: Path, counter: Counter):
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     wall = time.perf_counter() - t0
-    stats = dict(dm.experience.stats)
-    return module, dm, Hooked.player.stats.as_dict(), timer, stats, wall, s_cfg, t_cfg, s_name, t_name
+    return module, Hooked.epoch, Hooked.player.stats.as_dict(), timer, wall, s_cfg, t_cfg, s_name, t_name
 
 
 def main() -> None:
@@ -233,7 +237,7 @@ def main() -> None:
     family = ARCHS[args.family]
     tok_dir = Path(args.tokenizer) if args.tokenizer else smollm2_path()
     counter = Counter()
-    in_phase(TurnJudge, "judge", "judge")
+    in_phase(TeacherJudge, "judge", "judge")
     in_phase(TeacherScorer, "_score", "score")
     in_phase(HFGenerator, "generate", "rollout")
     in_phase(SageModule, "training_step", "train")
@@ -245,15 +249,16 @@ def main() -> None:
     probe = matmul_probe(dtype, 8192 if args.device == "cuda" else 1024, args.device)
     work = Path(tempfile.mkdtemp(prefix="sage-paper-scale-"))
     try:
-        module, dm, gen, timer, stats, wall, s_cfg, t_cfg, s_name, t_name = run_slice(args, family, tok_dir, work, counter)
+        module, epoch, gen, timer, wall, s_cfg, t_cfg, s_name, t_name = run_slice(args, family, tok_dir, work, counter)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     S, T = Shape(s_cfg), Shape(t_cfg)
     judge, score = counter.get("teacher:judge"), counter.get("teacher:score")
     train_s, train_t = counter.get("student:train"), counter.get("teacher:train")
+    stats = epoch.stats
     turns = int(stats["turns"])
     judged_rows = turns  # one judge prompt per turn (first-token scoring: one head row each)
-    scored = sum(len(t.response_ids) for ep in dm.experience.episodes for t in ep.turns if t.confidence is not None)
+    scored = sum(len(t.response_ids) for ep in epoch.episodes for t in ep.turns if t.confidence is not None)
     trained = timer.trained_tokens
     mult = 1 + (1 if module.student_spec.gradient_checkpointing else 0) + (1 if module.student_spec.lora else 2)
     phases = {

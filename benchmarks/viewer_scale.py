@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.transcripts import episode_record  # noqa: E402
+from callbacks.episode_log import episode_record  # noqa: E402
 from sage.models import load_tokenizer  # noqa: E402
 from sage.rollout.records import Episode, Turn  # noqa: E402
 from sage.view import build_html  # noqa: E402
@@ -59,7 +59,7 @@ def synth_turn(rng: random.Random, tok, recs: list[str], step: int, game: str, t
     logp = [-rng.expovariate(2.0) for _ in range(n)]
     tlogp = [-rng.expovariate(1.0) for _ in range(n)]
     return Turn(
-        game_id=game, split="train", task_type=ttype, step=step, context_ids=[], response_ids=ids,
+        game_id=game, split="train", task_type=ttype, index=step, context_ids=[], response_ids=ids,
         logprobs=logp, response_text=text, action=action, valid_format=True, observation=obs,
         admissible=admissible, feedback=f"You arrive at {rng.choice(recs)}. Nothing happens." if step % 3 else obs,
         done=False, won=False, gate_label=rng.choice(["SKIP", "WEAK", "STRONG"]), gate=0.5,

@@ -1,8 +1,8 @@
-"""Lightning callbacks: ablation report, ALFWorld seen/unseen evaluation, episode transcripts, export."""
+"""Lightning callbacks: ablation report, ALFWorld seen/unseen evaluation, episode log, export."""
 
 from callbacks.ablation import AblationReport
+from callbacks.episode_log import EpisodeLog
 from callbacks.evaluation import AlfworldEvaluation
 from callbacks.export import ExportStudent
-from callbacks.transcripts import EpisodeTranscripts
 
-__all__ = ["AblationReport", "AlfworldEvaluation", "EpisodeTranscripts", "ExportStudent"]
+__all__ = ["AblationReport", "AlfworldEvaluation", "EpisodeLog", "ExportStudent"]

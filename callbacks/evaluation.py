@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric, SumMetric
 
 from sage.envs import TASK_TYPES
+from sage.io import write_atomic
 from sage.results import TURN_RATES
 
 RATE_ROWS = {"admissible_rate": "admissible actions (turns)", "format_rate": "parsed answers (turns)"}
@@ -122,8 +122,6 @@ class AlfworldEvaluation(L.Callback):
             with open(root / self.history_file, "a") as f:
                 f.write(json.dumps(payload) + "\n")
         else:
-            tmp = root / (self.results_file + ".tmp")
-            tmp.write_text(json.dumps(payload, indent=1) + "\n")
-            os.replace(tmp, root / self.results_file)
+            write_atomic(root / self.results_file, json.dumps(payload, indent=1) + "\n")
         if self.print_table and trainer.state.fn == "validate":
             print("\n" + format_table(self.results, self.counts, self.turn_rates) + "\n", flush=True)

@@ -5,12 +5,11 @@ are merged into the base weights first, on a copy, leaving the training model un
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import lightning as L
+
+from sage.io import atomic_folder
 
 
 def export_student(module, dirpath: str | Path, adapter_only: bool = False) -> Path:
@@ -19,9 +18,7 @@ def export_student(module, dirpath: str | Path, adapter_only: bool = False) -> P
     ``adapter_only`` (LoRA students): the adapter alone (peft's adapter_config.json + safetensors, a few MB),
     loaded later on top of the same base model."""
     out = Path(dirpath)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         model = module.student
         if adapter_only and not hasattr(model, "peft_config"):
             raise ValueError("ExportStudent(adapter_only=True) needs a LoRA student (model.student.lora)")
@@ -29,17 +26,6 @@ def export_student(module, dirpath: str | Path, adapter_only: bool = False) -> P
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         module.tokenizer.save_pretrained(tmp)
-        for f in [tmp, *tmp.iterdir()]:  # mkdtemp makes an owner-only folder; keep the usual permissions
-            f.chmod(0o755 if f.is_dir() else 0o644)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -1,8 +1,8 @@
 """`sage`: the LightningCLI entry point (`sage fit|validate --config configs/<x>.yaml`).
 
 Every subcommand starts from configs/base.yaml; the --config files given override it. The ablation
-report, ALFWorld evaluation and transcript callbacks are always present and are set from top-level
-YAML keys `ablation:`, `evaluation:` and `transcripts:`. `sage experiment` runs a
+report, ALFWorld evaluation and episode-log callbacks are always present and are set from top-level
+YAML keys `ablation:`, `evaluation:` and `episode_log:`. `sage experiment` runs a
 whole method x ablation x seed matrix (see `sage.experiment`).
 
 Bad input (see README, "When something is wrong") ends `sage` with one message and exit code 2: a bad
@@ -24,7 +24,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from callbacks import AblationReport, AlfworldEvaluation, EpisodeTranscripts
+from callbacks import AblationReport, AlfworldEvaluation, EpisodeLog
 from sage.data import SageDataModule
 from sage.errors import InputError
 from sage.module import SageModule
@@ -69,14 +69,14 @@ class SageCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(AblationReport, "ablation")
         parser.add_lightning_class_args(AlfworldEvaluation, "evaluation")
-        parser.add_lightning_class_args(EpisodeTranscripts, "transcripts")
+        parser.add_lightning_class_args(EpisodeLog, "episode_log")
 
     def instantiate_trainer(self, **kwargs):
         """The trainer's bar is tqdm's, like the bars of the phases outside its loop (rollout, judge,
         teacher, evaluation: `sage.progress`). Lightning would pick its rich bar whenever `rich` is
         installed, and rich's live display takes over stdout, which hides the terminal from those
         bars. A progress bar named in the config, or ``enable_progress_bar: false``, is kept as is."""
-        trainer = self._get(self.config_init, "trainer", default={})
+        trainer = self.config_init.get(str(self.subcommand), self.config_init).get("trainer") or {}
         configured = trainer.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
@@ -85,7 +85,10 @@ class SageCLI(LightningCLI):
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         """`validate`/`test` print the project's own results table (callbacks.AlfworldEvaluation), so
-        Lightning's per-dataloader tables are off by default (`--verbose true` brings them back)."""
+        Lightning's per-dataloader tables are off by default (`--verbose true` brings them back).
+
+        Lightning 2.6.6 builds each subcommand's parser here and offers no public hook that knows the
+        subcommand, hence this override of a private method; re-check it when upgrading Lightning."""
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand in ("validate", "test"):
             parser.set_defaults(verbose=False)
@@ -97,7 +100,10 @@ class SageCLI(LightningCLI):
         LightningCLI (>= 2.3) would replace every ``model`` option with the hyperparameters stored in the
         checkpoint, silently overriding what the command line asked for (e.g. another student). Here the
         configured student is built and a checkpoint that does not fit it is refused with
-        `sage.models.CheckpointMismatchError` (see `SageModule.on_load_checkpoint`)."""
+        `sage.models.CheckpointMismatchError` (see `SageModule.on_load_checkpoint`).
+
+        Lightning 2.6.6 offers no public switch for this: the override of its private ``_parse_ckpt_path``
+        (a no-op here) is the only way; re-check it when upgrading Lightning."""
 
     def before_instantiate_classes(self) -> None:
         """Check the ALFWorld data before any model is loaded: a missing or empty data root or split

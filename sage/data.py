@@ -1,27 +1,29 @@
 """The on-policy DataModule: every epoch the current student plays fresh ALFWorld games.
 
-`train_dataloader()` (reloaded every epoch) samples this epoch's training games, has the student play
-them (`Player`), then builds the epoch's `Experience` (annotation by the teacher, samples, optimizer
-steps, micro-batches) and serves its items. `val_dataloader()` serves each evaluation split as one
-`GameBatch` that the module plays greedily with its own student.
+What it needs from the LightningModule it receives once, through `connect` (the module calls it when its
+models are built): the student (the policy), the teacher (only for ``source=teacher``), the tokenizer,
+the annotator and the loss normalization. It never reaches into the module.
 
-What the DataModule reads from the LightningModule, all in `_parts()`: the student (the policy to roll
-out), the teacher (only for ``source=teacher``), the tokenizer, the annotator and the loss
-normalization. It never writes to the module: the epoch's statistics travel in the first item.
+`train_dataloader()` (reloaded every epoch) samples this epoch's training games, has the student play
+them (`Player`), plans the epoch (`sage.epoch.EpochPlanner`: annotation, samples, optimizer steps),
+publishes it to the module and the callbacks (`sage.epoch.publish`) and serves its `MicroBatch`es.
+`val_dataloader()` serves each evaluation split's games, played greedily with the connected student
+when the loader is read (after a checkpoint is restored).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from sage.distill.annotate import Annotator
 from sage.distributed import shard, world
 from sage.envs import (
     EnvPool,
@@ -33,10 +35,12 @@ from sage.envs import (
     panel_games,
     split_key,
 )
-from sage.experience import Experience, ExperienceBuilder
-from sage.rollout.player import GameBatch, Player
+from sage.epoch import Epoch, EpochPlanner, publish
+from sage.io import atomic_path
+from sage.plan import MicroBatch
+from sage.rollout.player import Player
 from sage.rollout.records import Episode
-from sage.specs import DATA_SOURCES, DaggerSpec, DataSource, RolloutSpec, check_choice
+from sage.specs import DATA_SOURCES, DaggerSpec, DataSource, GateSpec, RolloutSpec, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ class _EpochItems(IterableDataset):
     Its length stays the whole epoch's: a resumed Lightning loop restores its own batch counter to
     `done` and stops at the epoch's length, so it runs exactly the items that were not trained."""
 
-    def __init__(self, items: list[dict], done: int = 0) -> None:
+    def __init__(self, items: list[MicroBatch], done: int = 0) -> None:
         self.items, self.done = items, done
 
     def __len__(self) -> int:
@@ -59,6 +63,19 @@ class _EpochItems(IterableDataset):
 
     def __iter__(self):
         return iter(self.items[self.done :])
+
+
+class _EvalGames(Dataset):
+    """One evaluation split's games in rollout batches, each played when read: a list of episodes."""
+
+    def __init__(self, batches: list[list[GameInfo]], play) -> None:
+        self.batches, self.play = batches, play
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> list[Episode]:
+        return self.play(self.batches[i])
 
 
 class _ResumableLoader(DataLoader):
@@ -145,11 +162,22 @@ class SageDataModule(L.LightningDataModule):
         self.dagger = dagger or DaggerSpec()
         self.pool: EnvPool | None = None
         self.player: Player | None = None
-        self.experience: Experience | None = None  # the current epoch's (observers read it: transcripts)
+        # what `connect` brings from the LightningModule
+        self.student = self.teacher = self.tokenizer = None
+        self.annotator: Annotator | None = None
+        self.normalize: str | None = None
+        self._epoch: Epoch | None = None  # the epoch being trained (its index is saved for resume)
         self._own_pool = False
         self._epoch_file: Path | None = None
         self._resume: dict | None = None
         self._round_stats: dict[str, float] = {}  # source=dagger: the latest round's data statistics
+
+    def connect(self, student, teacher, tokenizer, annotator: Annotator, normalize: str) -> None:
+        """What the data side needs from the LightningModule, given once by it: the policy to roll out, the
+        teacher (``source=teacher``), the tokenizer, the annotator (gate + teacher pass) and the loss
+        normalization (which denominator the optimizer steps carry)."""
+        self.student, self.teacher, self.tokenizer = student, teacher, tokenizer
+        self.annotator, self.normalize = annotator, normalize
 
     @property
     def transcript(self) -> bool:
@@ -174,16 +202,11 @@ class SageDataModule(L.LightningDataModule):
             self.player = None
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        if isinstance(batch, GameBatch):  # evaluation games: nothing to move
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if isinstance(batch, MicroBatch):
+            return batch.to(device)
+        return batch  # evaluation episodes: nothing to move
 
     # -- training data ------------------------------------------------------------------------------
-    def _parts(self):
-        """Everything read from the LightningModule (see the module docstring)."""
-        m = self.trainer.lightning_module
-        return m.student, m.teacher, m.tokenizer, m.annotator, m.loss_spec.normalize
-
     def epoch_games(self, epoch: int) -> list[GameInfo]:
         if self.source == "dagger":  # disjoint blocks of one seeded permutation: every round plays new games
             games = find_games(self.train_split, self.data_root)
@@ -198,7 +221,7 @@ class SageDataModule(L.LightningDataModule):
     def collect(self, epoch: int) -> list[Episode]:
         """This epoch's episodes from the configured source (failed environment workers left out)."""
         self.setup()
-        student, teacher, tokenizer, _, _ = self._parts()
+        student, teacher, tokenizer = self.student, self.teacher, self.tokenizer
         games = self.epoch_games(epoch)
         seed = self.seed + 1000 * epoch
         if self.source == "expert":
@@ -218,47 +241,46 @@ class SageDataModule(L.LightningDataModule):
         return [ep for ep in episodes if ep.error is None]
 
     def _dagger_round(self, epoch, games, model, tokenizer, seed) -> list[Episode]:
-        from sage.distill.judge import TurnJudge
+        from sage.distill.judge import TeacherJudge
         from sage.teacher import collect_round
         from sage.teacher.policy import Mix
 
         d = self.dagger
         mix = Mix(model=d.at(epoch, d.model_share), random=d.random, invalid=d.invalid, repeat=d.repeat)
-        judge = TurnJudge("teacher_judge", labels=d.judge_labels, judge_history=d.judge_history, model=model,
-                          tokenizer=tokenizer)
+        judge = TeacherJudge(GateSpec(labels=d.judge_labels, judge_history=d.judge_history), model, tokenizer)
         episodes, self._round_stats = collect_round(
             games=games, pool=self.pool, prompt=self.prompt, tokenizer=tokenizer, rollout_spec=self.rollout_spec,
-            mix=mix, answer=self.prompt.template.expert_answer, judge=judge, judge_examples=d.at(epoch, d.judge_examples), model=model,
-            seed=seed, batch=self.rollout_batch, label=f"teacher data round {epoch}")
+            mix=mix, answer=self.prompt.template.expert_answer, judge=judge, judge_examples=d.at(epoch, d.judge_examples),
+            model=model, seed=seed, batch=self.rollout_batch, label=f"teacher data round {epoch}")
         return episodes
 
     def train_dataloader(self) -> DataLoader:
-        _, _, tokenizer, annotator, normalize = self._parts()
-        epoch = self.trainer.current_epoch
-        builder = ExperienceBuilder(annotator, normalize, self.transcript, self.samples_per_step, self.max_tokens,
-                                    tokenizer.pad_token_id, self.seed)
+        index = self.trainer.current_epoch
+        planner = EpochPlanner(self.annotator, self.normalize, self.transcript, self.samples_per_step,
+                               self.max_tokens, self.tokenizer.pad_token_id, self.seed)
         # Rollout, judge and teacher scoring run under the trainer's precision (bf16-mixed: autocast),
-        # as the training and validation steps already do; outside the steps Lightning applies none.
+        # as the training steps do; outside the steps Lightning applies none.
         with self.trainer.precision_plugin.forward_context():
             t0 = time.perf_counter()
-            episodes, done = self._episodes_for(epoch)
-            stats = {"rollout_seconds": time.perf_counter() - t0, **self._round_stats}
-            self.experience = builder.build(episodes, epoch, stats)
-        items = self.experience.items
-        if done < len(items):
-            items[done]["epoch_stats"] = self.experience.stats  # the module logs them at epoch end
+            episodes, done = self._episodes_for(index)
+            self._epoch = planner.plan(episodes, index, rollout_seconds=time.perf_counter() - t0)
+        self._epoch.stats.update(self._round_stats)
+        publish(self.trainer, self._epoch)
+        items = self._epoch.micro_batches
         if done:
-            log.info("resuming epoch %d after its first %d of %d micro-batches", epoch, done, len(items))
+            log.info("resuming epoch %d after its first %d of %d micro-batches", index, done, len(items))
         return _ResumableLoader(_EpochItems(items, done), batch_size=None, collate_fn=_identity)
 
     # -- exact mid-epoch resume ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Saved in every checkpoint: where this epoch's rollouts are kept and how many of its items
         (micro-batches) were trained, so a resumed run continues the same epoch with the same samples."""
-        if self.experience is None or self._epoch_file is None:
+        if self._epoch is None or self._epoch_file is None:
             return {}
+        # Lightning 2.6.6 has no public count of the batches trained in the current epoch: its fit loop's
+        # progress tracker is the one place that holds it (and restores it on resume).
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self.experience.epoch, "episodes_file": str(self._epoch_file), "items_done": int(done)}
+        return {"epoch": self._epoch.index, "episodes_file": str(self._epoch_file), "items_done": int(done)}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state) or None
@@ -280,10 +302,8 @@ class SageDataModule(L.LightningDataModule):
         episodes = self.collect(epoch)
         self._epoch_file = self._epoch_path(epoch)
         if self._epoch_file is not None:
-            self._epoch_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._epoch_file.with_suffix(".tmp")
-            torch.save(episodes, tmp)
-            os.replace(tmp, self._epoch_file)
+            with atomic_path(self._epoch_file) as tmp:
+                torch.save(episodes, tmp)
         return episodes, 0
 
     # -- evaluation -----------------------------------------------------------------------------------
@@ -296,12 +316,18 @@ class SageDataModule(L.LightningDataModule):
             games = shard(balanced(pool, self.val_games), rank, size)
             # A rank with no game still gets one (empty) batch: Lightning rejects empty loaders.
             per_rollout = self.val_batch or max(1, len(games))
-            label = f"eval {split}"
-            batches = [GameBatch(games[i : i + per_rollout], self.player, label)
-                       for i in range(0, len(games), per_rollout)]
-            loaders.append(DataLoader(batches or [GameBatch([], self.player, label)], batch_size=None, shuffle=False,
-                                      collate_fn=_identity))
+            batches = [games[i : i + per_rollout] for i in range(0, len(games), per_rollout)] or [[]]
+            play = partial(self.play_greedy, label=f"eval {split}")
+            loaders.append(DataLoader(_EvalGames(batches, play), batch_size=None, shuffle=False, collate_fn=_identity))
         return loaders
+
+    def play_greedy(self, games: list[GameInfo], label: str) -> list[Episode]:
+        """Evaluation games played greedily by the connected student, under the trainer's precision (as a
+        validation step would run)."""
+        if not games:
+            return []
+        with self.trainer.precision_plugin.forward_context():
+            return self.player.play(self.student, self.tokenizer, games, greedy=True, label=label)
 
 
 def balanced(games: list[GameInfo], n: int | None) -> list[GameInfo]:

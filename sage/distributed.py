@@ -20,26 +20,11 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
     return list(items[rank::world_size])
 
 
-def align_steps(
-    denominators: Sequence[float], micro_counts: Sequence[int], weights: Sequence[float] | None = None
-) -> tuple[list[float], list[int], list[float]]:
-    """Make every rank run the same steps: global denominators and trained weights sum(g * kappa)
-    (sums over ranks) and, per step, the largest micro-batch count of any rank (the others pad with
-    empty items). ``weights`` defaults to the denominators."""
-    weights = list(denominators) if weights is None else list(weights)
-    _, size = world()
-    if size == 1:
-        return list(denominators), list(micro_counts), weights
-    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    n = torch.tensor([len(denominators)], device=backend_device)
-    dist.all_reduce(n, op=dist.ReduceOp.MAX)
-    steps = int(n.item())
-    den = torch.zeros((2, steps), dtype=torch.float64, device=backend_device)
-    den[0, : len(denominators)] = torch.tensor(list(denominators), dtype=torch.float64)
-    den[1, : len(weights)] = torch.tensor(weights, dtype=torch.float64)
-    cnt = torch.zeros(steps, dtype=torch.long, device=backend_device)
-    cnt[: len(micro_counts)] = torch.tensor(list(micro_counts), dtype=torch.long)
-    dist.all_reduce(den, op=dist.ReduceOp.SUM)
-    dist.all_reduce(cnt, op=dist.ReduceOp.MAX)
-    den, wts = den.cpu().tolist()
-    return den, cnt.cpu().tolist(), wts
+def all_reduce(x: torch.Tensor, op: str) -> torch.Tensor:
+    """``x`` summed (``op="sum"``) or maxed (``"max"``) over ranks, on the host; ``x`` itself in one process."""
+    if world()[1] == 1:
+        return x
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    out = x.to(device)
+    dist.all_reduce(out, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return out.cpu()

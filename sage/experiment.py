@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from sage.io import write_atomic
+
 DONE_FILE = "eval_results.json"
 
 
@@ -195,9 +197,7 @@ def run_one(matrix: Matrix, cell: Cell, seed: int) -> str:
     if rc != 0 or not result.is_file():
         print(f"{tag} FAILED in validate (rc={rc}):\n{_tail(d / 'validate.log')}", flush=True)
         return "failed"
-    tmp = d / (DONE_FILE + ".tmp")
-    shutil.copyfile(result, tmp)
-    os.replace(tmp, d / DONE_FILE)
+    write_atomic(d / DONE_FILE, result.read_bytes())
     print(f"{tag} done in {time.perf_counter() - t0:.0f} s", flush=True)
     return "ok"
 

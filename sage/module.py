@@ -1,9 +1,11 @@
 """The LightningModule: trainable student, frozen teacher, and the (SAGE-)OPD / GKD / SFT objective.
 
-Optimization is manual because one optimizer step spans a variable number of token-budget
-micro-batches (one dataloader item each, see `sage.experience`): every item carries its step's global
-normalization denominator and a `step_end` flag, so gradient accumulation and the number of ranks
-never change the loss (docs/METHOD.md, Normalization).
+It builds the models (`configure_model`), hands the DataModule what the data side needs once
+(`SageDataModule.connect`), and trains on the epoch plan the DataModule serves: one `MicroBatch` per
+dataloader item (`sage.plan`). Optimization is manual because one optimizer step spans a variable number
+of micro-batches: each carries its step's global normalization denominator and whether it is the step's
+last, so gradient accumulation and the number of ranks never change the loss (docs/METHOD.md,
+Normalization).
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from sage.distill.annotate import Annotator
 from sage.distill.fused import chunked_token_loss
-from sage.distill.judge import JudgePrompt, TurnJudge
+from sage.distill.gate import make_gate
+from sage.distill.judge_prompt import JudgePrompt
+from sage.distill.loss_kinds import loss_kind
 from sage.distill.objective import normalized, token_weights
 from sage.distill.teacher import TeacherScorer
+from sage.epoch import Epoch
 from sage.forward import output_head, predicting, selected_hidden
 from sage.models import (
     check_student_state,
@@ -27,7 +32,8 @@ from sage.models import (
     shared_vocab_rows,
     vocab_rows,
 )
-from sage.rollout.player import GameBatch
+from sage.plan import MicroBatch, Tokens
+from sage.rollout.records import Episode
 from sage.specs import (
     OBJECTIVES,
     ConfidenceSpec,
@@ -41,8 +47,22 @@ from sage.specs import (
 
 
 class SageModule(L.LightningModule):
-    """Student + frozen teacher. `objective="distill"` covers SAGE-OPD, OPD and GKD (chosen by `loss`,
-    `gate`, `confidence`); `objective="sft"` is token cross-entropy on served trajectories."""
+    """Student + frozen teacher. ``objective=distill`` covers SAGE-OPD, OPD and GKD (chosen by ``loss``,
+    ``gate``, ``confidence``); ``objective=sft`` is token cross-entropy on served trajectories.
+
+    Args:
+        student: the trained model.
+        teacher: the frozen teacher (judge, confidence, distillation target); null only with objective sft.
+        objective: distill (the teacher's distribution is the target) or sft (cross-entropy on the served
+            tokens, every token weight 1: needs gate.mode always, confidence.kind none, loss.normalize opd).
+        loss: the per-token loss and its step-wide normalization.
+        gate: the turn gate g_t (teacher judge, always, or a feedback rule).
+        confidence: the teacher-confidence weight kappa per token.
+        judge_prompt: the teacher judge's prompt text (null: the built-in prompt).
+        optimizer: optimizer of the trainable student weights (default AdamW, lr 1e-5).
+        lr_scheduler: stepped once per optimizer step that trains (null: constant learning rate).
+        grad_clip: gradient norm clip per optimizer step (null or 0: no clipping).
+    """
 
     def __init__(
         self,
@@ -68,6 +88,7 @@ class SageModule(L.LightningModule):
         self.confidence_spec = confidence or ConfidenceSpec()
         if objective == "sft":
             _check_sft_specs(self.gate_spec, self.confidence_spec, self.loss_spec)
+        self.loss_kind = loss_kind(objective, self.loss_spec.divergence)
         self.judge_prompt = judge_prompt
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -85,24 +106,27 @@ class SageModule(L.LightningModule):
         self._acc: dict[str, float] = {}
         self._epoch_stats: dict[str, float] = {}
 
-    def configure_model(self, device: str | torch.device | None = None) -> None:
-        """Build student and teacher once, straight on the trainer's device in their target dtype (Lightning
-        calls this before fit/validate and before restoring a checkpoint); without a trainer, on ``device``
-        (default CPU)."""
+    def build_models(self, device: str | torch.device = "cpu", precision: str = "") -> None:
+        """Build student and teacher once, straight on ``device`` in their target dtype, and the annotator."""
         if self.student is not None:
             return
-        if device is None:
-            device = self._trainer.strategy.root_device if self._trainer is not None else "cpu"
         self.student = load_model(self.student_spec, device=device, trainable=True)
         self.vocab_rows = vocab_rows(self.student)
         if self.teacher_spec is not None:
             self.teacher = load_model(self.teacher_spec, device=device, trainable=False)
             # the tokenizers were compared in __init__; here only the heads' rows
             self.vocab_rows = shared_vocab_rows(self.tokenizer, vocab_rows(self.student), vocab_rows(self.teacher))
-        precision = str(self._trainer.precision) if self._trainer is not None else ""
         if self.student_spec.lora is not None and "mixed" in precision:
             keep_adapter_inputs(self.student)
         self.annotator = self.make_annotator()
+
+    def configure_model(self) -> None:
+        """Lightning calls this before fit/validate and before restoring a checkpoint: the models are built
+        on the trainer's device, then the DataModule receives what it needs from them, once."""
+        self.build_models(self.trainer.strategy.root_device, str(self.trainer.precision))
+        if self.trainer.datamodule is not None:
+            self.trainer.datamodule.connect(self.student, self.teacher, self.tokenizer, self.annotator,
+                                            self.loss_spec.normalize)
 
     def setup(self, stage: str) -> None:
         strategy = type(self.trainer.strategy).__name__
@@ -113,19 +137,19 @@ class SageModule(L.LightningModule):
                 "Use strategy=ddp (tested; README, Paper scale on a GPU)."
             )
 
-    # -- the teacher's work on a rollout (used by the DataModule's experience builder) ------------
+    # -- the teacher's work on a rollout (used by the DataModule's epoch planner) -------------------
     def make_annotator(self) -> Annotator:
-        """Judge + (distillation) the teacher's one pass, from the current specs and models."""
+        """Gate + (when the loss reads the teacher) the teacher's one pass, from the current specs and models."""
         c, spec = self.confidence_spec, self.loss_spec
-        judge = TurnJudge.from_spec(self.gate_spec, self.judge_prompt, self.teacher, self.tokenizer)
+        gate = make_gate(self.gate_spec, self.judge_prompt, self.teacher, self.tokenizer)
         scorer = None
-        if self.objective == "distill":
+        if self.loss_kind.teacher:
             scorer = TeacherScorer(
                 self.teacher, confidence_kind=c.kind, confidence_min=c.min, turn_average=c.turn_average,
                 temperature=spec.temperature, vocab_rows=self.vocab_rows, chunk_tokens=spec.chunk_tokens,
-                keep_hidden=spec.divergence != "sampled_reverse_kl",  # that loss reads only log pi_T(y)
+                keep_hidden=self.loss_kind.teacher_hidden,
             )
-        return Annotator(judge, scorer)
+        return Annotator(gate, scorer)
 
     # -- training -------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -138,60 +162,57 @@ class SageModule(L.LightningModule):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
-    def micro_loss(self, item: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of one micro-batch, already divided by its step's global denominator.
+    def micro_loss(self, tokens: Tokens, denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """``sum(g * kappa * l)`` of one micro-batch over its step's global denominator.
 
-        The student's hidden states at the response positions go through `chunked_token_loss` with the
-        teacher's hidden states from annotation: fp32 LM heads, chunks of tokens recomputed in backward, and
-        no teacher decoder pass here."""
-        ids, attn, lm = item["input_ids"], item["attention_mask"], item["loss_mask"]
+        The student's hidden states at the response positions go through `chunked_token_loss` with what
+        the loss kind reads from the teacher (`LOSS_KINDS`): its hidden states or log-probs from annotation,
+        so no teacher decoder pass here. fp32 LM heads, chunks of tokens recomputed in backward."""
+        ids, attn, lm = tokens.input_ids, tokens.attention_mask, tokens.loss_mask
         pred = lm[:, 1:]
         targets = ids[:, 1:][pred]
-        weights = token_weights(pred, item["gate"][:, 1:], item["confidence"][:, 1:])[pred]
+        weights = token_weights(pred, tokens.gate[:, 1:], tokens.confidence[:, 1:])[pred]
         s_hidden = selected_hidden(self.student, ids, attn, predicting(lm))
-        spec = self.loss_spec
-        kind = "sft" if self.objective == "sft" else spec.divergence
-        t_hidden = item.get("teacher_hidden")
-        if kind not in ("sft", "sampled_reverse_kl") and t_hidden is None:
-            raise ValueError(f"divergence {kind!r} needs the teacher's hidden states: annotate the episodes first")
+        spec, kind = self.loss_spec, self.loss_kind
+        if kind.teacher_hidden and tokens.teacher_hidden is None:
+            raise ValueError(f"loss {kind.name!r} needs the teacher's hidden states: annotate the episodes first")
         total = chunked_token_loss(
             s_hidden, output_head(self.student),
-            None if t_hidden is None else t_hidden.to(s_hidden.device),
-            None if self.teacher is None else output_head(self.teacher),
-            targets, weights, kind, beta=spec.beta, temperature=1.0 if kind == "sft" else spec.temperature,
+            tokens.teacher_hidden.to(s_hidden.device) if kind.teacher_hidden else None,
+            output_head(self.teacher) if kind.teacher else None,
+            targets, weights, kind.name, beta=spec.beta, temperature=spec.temperature if kind.teacher else 1.0,
             vocab_rows=self.vocab_rows, chunk_tokens=spec.chunk_tokens,
-            teacher_target_logprobs=item["teacher_logprobs"][:, 1:][pred] if kind == "sampled_reverse_kl" else None,
+            teacher_target_logprobs=tokens.teacher_logprobs[:, 1:][pred] if kind.teacher_logprobs else None,
         )
-        return normalized(total, item["denominator"], spec.eps), {"tokens": float(pred.sum())}
+        return normalized(total, denominator, spec.eps), {"tokens": float(pred.sum())}
 
-    def training_step(self, item: dict, batch_idx: int) -> torch.Tensor:
-        if "epoch_stats" in item:  # the first item of an epoch brings the rollout's summary
-            self._epoch_stats = item["epoch_stats"]
-        opt = self.optimizers()
-        world = self.trainer.world_size
-        if "input_ids" in item:
-            loss, stats = self.micro_loss(item)
-        else:  # an empty slot that keeps DDP ranks in step: zero loss, zero gradients
+    def training_step(self, mb: MicroBatch, batch_idx: int) -> torch.Tensor:
+        """Loss of the micro-batch over its step's denominator, backward; the optimizer steps after the
+        step's last micro-batch."""
+        if mb.padding:  # an empty slot that keeps DDP ranks in step: zero loss, zero gradients
             loss = sum(p.sum() for p in self.trainable_parameters()) * 0.0
             stats = {"tokens": 0.0}
-        self.manual_backward(loss * world)
+        else:
+            loss, stats = self.micro_loss(mb.tokens, mb.denominator)
+        # DDP averages gradients over ranks; the denominator is already the global sum
+        self.manual_backward(loss * self.trainer.world_size)
         for k, v in {"loss": float(loss.detach()), **stats}.items():
             self._acc[k] = self._acc.get(k, 0.0) + v
-        if item["step_end"]:
-            self._finish_step(opt, float(item.get("step_weight", item["denominator"])))
+        if mb.last:
+            self._finish_step(mb.trains)
         return loss.detach()
 
-    def _finish_step(self, opt, step_weight: float) -> None:
-        # No token of the step carries weight (every turn skipped, on every rank: the sum is global), so
-        # there is no gradient; an optimizer step would still move weights through AdamW's momentum.
-        skipped = step_weight <= 0
-        if not skipped:
+    def _finish_step(self, trains: bool) -> None:
+        # A step that trains no token (every turn skipped, on every rank: the sum is global) has no gradient;
+        # an optimizer step would still move weights through AdamW's momentum.
+        opt = self.optimizers()
+        if trains:
             if self.grad_clip:
                 self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
             opt.step()
         opt.zero_grad(set_to_none=True)
         sched = self.lr_schedulers()
-        if sched is not None and not skipped:
+        if sched is not None and trains:
             sched.step()
         acc = torch.tensor([self._acc.get("loss", 0.0), self._acc.get("tokens", 0.0)], device=self.device)
         total = self.all_gather(acc)
@@ -199,14 +220,18 @@ class SageModule(L.LightningModule):
         # Per-step values go straight to the loggers, once per optimizer step: Lightning's own on_step
         # logging fires per dataloader item (micro-batch) and would repeat each value.
         step_metrics = {"train/tokens_per_step": float(total[1])}
-        if not skipped:  # a skipped step's loss is exactly 0; logging it would only dilute the curve
+        if trains:  # a skipped step's loss is exactly 0; logging it would only dilute the curve
             step_metrics["train/loss"] = float(total[0])
             self.log("train/loss_epoch", total[0], on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
         for logger in self.loggers:
             logger.log_metrics(step_metrics, step=self.global_step)
         self.log("train/tokens_per_step_epoch", total[1], on_step=False, on_epoch=True, batch_size=1)
-        self.log("train/skipped_step", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
+        self.log("train/skipped_step", float(not trains), on_step=False, on_epoch=True, reduce_fx="sum", batch_size=1)
         self._acc = {}
+
+    def on_epoch_data(self, epoch: Epoch) -> None:
+        """The epoch's rollout summary (`sage.epoch.publish`), logged at the epoch's end."""
+        self._epoch_stats = dict(epoch.stats)
 
     def on_train_epoch_end(self) -> None:
         for k, v in self._epoch_stats.items():
@@ -214,9 +239,10 @@ class SageModule(L.LightningModule):
         self._epoch_stats = {}
 
     # -- evaluation -------------------------------------------------------------------------------
-    def validation_step(self, batch: GameBatch, batch_idx: int, dataloader_idx: int = 0):
-        """Play the batch's games greedily with this module's own student."""
-        return {"episodes": batch.play(self.student, self.tokenizer, greedy=True), "split_index": dataloader_idx}
+    def validation_step(self, episodes: list[Episode], batch_idx: int, dataloader_idx: int = 0):
+        """The DataModule played the batch's games greedily with this student; the evaluation callback
+        (`callbacks.AlfworldEvaluation`) counts them."""
+        return {"episodes": episodes, "split_index": dataloader_idx}
 
     # -- checkpoints: the trainable student only ---------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

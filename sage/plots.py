@@ -255,7 +255,7 @@ def plot_episode(episode: dict, path: Path, max_turns: int = 20) -> Path:
         Patch(color=GATE_COLORS.get(lbl, "#4a78c0"), label=lbl or "no label") for lbl in dict.fromkeys(labels)
     ]
     ax.set_xticks(range(n))
-    ax.set_xticklabels([str(t["step"]) for t in turns])
+    ax.set_xticklabels([str(k) for k in range(n)])  # turns are stored in order
     ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("turn")
@@ -272,13 +272,13 @@ def plot_episode(episode: dict, path: Path, max_turns: int = 20) -> Path:
     table_ax.axis("off")
     rows = [
         [
-            str(t["step"]),
+            str(k),
             _short(t.get("action") or f"(invalid) {t.get('response') or ''}", 44),
             t.get("gate_label") or "-",
             "-" if t.get("confidence_mean") is None else f"{t['confidence_mean']:.2f}",
             _short(t.get("feedback") or "", 80),
         ]
-        for t in turns
+        for k, t in enumerate(turns)
     ]
     table = table_ax.table(
         cellText=rows,

@@ -11,11 +11,11 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 
 from sage.envs import TASK_TYPES
+from sage.io import write_atomic
 
 SPLITS = ("seen", "unseen")
 KEYS = ("overall", *TASK_TYPES)
@@ -178,19 +178,6 @@ def csv_columns(baseline: str = BASELINE) -> list[str]:
     cols = ["cell", "label", "seeds"]
     cols += [f"{s}/{k}/{m}" for s in SPLITS for k in (*KEYS, *TURN_RATES) for m in ("mean", "std")]
     return cols + [f"rel_seen_vs_{baseline}", f"rel_unseen_vs_{baseline}"]
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it over ``path``: a reader (or a failure half-way)
-    never sees a half-written table, and the previous version stays whole until the new one is complete."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_csv(rows: list[dict], path: str | Path, columns: list[str]) -> None:

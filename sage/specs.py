@@ -33,8 +33,9 @@ OBJECTIVES: tuple[str, ...] = get_args(Objective)
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
 INITS: tuple[str, ...] = get_args(Init)
 DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
-# Judge labels usable from a config and their gate g_t (the judge maps a label to its weight by name).
-GATE_LABELS = {"SKIP": "0", "WEAK": "weak_weight", "STRONG": "1", "INTERVENE": "1"}
+# The one table of judge labels usable from a config and their gate g_t (WEAK: GateSpec.weak_weight).
+WEAK_WEIGHT = "weak_weight"
+GATE_LABELS: dict[str, float | str] = {"SKIP": 0.0, "WEAK": WEAK_WEIGHT, "STRONG": 1.0, "INTERVENE": 1.0}
 
 
 class SpecError(InputError, ValueError):
@@ -159,13 +160,17 @@ class GateSpec:
         check_range("model.gate.judge_history", self.judge_history, 0)
         check_range("model.gate.max_batch", self.max_batch, 1)
         self.labels = tuple(self.labels)
-        allowed = ", ".join(f"{k} (gate {v})" for k, v in GATE_LABELS.items())
+        allowed = ", ".join(f"{k} (gate {v if v == WEAK_WEIGHT else format(v, 'g')})" for k, v in GATE_LABELS.items())
         unknown = [x for x in self.labels if x not in GATE_LABELS]
         if unknown or len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
             raise SpecError(
                 f"model.gate.labels={list(self.labels)}: need at least two distinct labels from {allowed}"
                 + (f"; unknown: {unknown}" if unknown else "")
             )
+
+    def label_weights(self) -> dict[str, float]:
+        """Each configured label's gate g_t, read from `GATE_LABELS`."""
+        return {k: self.weak_weight if GATE_LABELS[k] == WEAK_WEIGHT else float(GATE_LABELS[k]) for k in self.labels}
 
 
 @dataclass

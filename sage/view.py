@@ -1,6 +1,6 @@
 """`sage view RUN_DIR [--epoch K] [--out FILE]`: one self-contained HTML file to browse a run's episodes.
 
-The episodes (`RUN_DIR/episodes/epoch_NNN[_rankR].jsonl`, written by `callbacks.transcripts`) are
+The episodes (`RUN_DIR/episodes/epoch_NNN[_rankR].jsonl`, written by `callbacks.episode_log`) are
 embedded as JSON and drawn by a small vanilla script (`sage.view_page`): no server and no network
 assets, so the file can be mailed or opened from a cluster's scratch disk. Turns are rendered only when
 an episode is expanded, which keeps a paper-scale epoch (128 episodes x 50 turns) quick to open.
@@ -153,7 +153,7 @@ def embed_json(obj) -> str:
 
 
 def build_html(episodes: list[dict], title: str, summary: dict | None = None) -> str:
-    """The whole viewer page for `episodes` (records of `callbacks.transcripts.episode_record`)."""
+    """The whole viewer page for `episodes` (records of `callbacks.episode_log.episode_record`)."""
     summary = summarize(episodes) if summary is None else summary
     data = {"title": title, "episodes": episodes, "summary": {str(k): v for k, v in summary.items()}}
     return (

@@ -289,7 +289,7 @@ JS = r"""
   }
   function turnCard(ep, i, t, k) {
     var card = el("div", "turn"), head = el("div", "turn-head");
-    head.appendChild(el("span", "step", "Turn " + (t.step !== undefined ? t.step : k)));
+    head.appendChild(el("span", "step", "Turn " + (t.index !== undefined ? t.index : k)));
     head.appendChild(gateBadge(t.gate_label, t.gate));
     if (t.gate_probs) {
       head.appendChild(el("span", "probs", "judge p: " + Object.keys(t.gate_probs).map(function (l) {

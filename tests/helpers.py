@@ -67,16 +67,28 @@ def tiny_tokenizer():
     return load_tokenizer("tiny-random")
 
 
+def char_tokenizer():
+    """Every printable ASCII character its own token (ids 3..97, eos/pad 1): the labels SKIP and STRONG
+    then share their first tokens, as labels may in a teacher's real vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2} | {chr(c): c - 29 for c in range(32, 127)}
+    chars = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    chars.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=chars, eos_token="<eos>", pad_token="<eos>")
+
+
 def tiny_model(seed: int = 0, num_layers: int = 2, vocab_size: int = SMOLLM2_VOCAB, dtype=torch.float32):
     """Tiny random Llama (hidden 64) in eval mode with gradients on; same seed -> same weights (in any
     dtype: built in float32, then cast). ``vocab_size`` > 49152 gives a padded LM head like Qwen2.5's."""
     return tiny_random_model(num_layers=num_layers, seed=seed, vocab_size=vocab_size, dtype=dtype)
 
 
-def make_turn(step: int = 0, context_ids=(1, 3, 4), response_ids=(5, 6, 2), **fields) -> Turn:
+def make_turn(index: int = 0, context_ids=(1, 3, 4), response_ids=(5, 6, 2), **fields) -> Turn:
     """A Turn with harmless defaults; any field can be overridden."""
     base = dict(
-        game_id="g0", split="valid_seen", task_type="pick_and_place_simple", step=step,
+        game_id="g0", split="valid_seen", task_type="pick_and_place_simple", index=index,
         context_ids=list(context_ids), response_ids=list(response_ids), logprobs=[0.0] * len(response_ids),
         response_text="<think>ok</think><action>look</action>", action="look", valid_format=True,
         observation="You are in the middle of a room.", admissible=["look", "inventory"],
@@ -98,7 +110,7 @@ def transcript_episode(prefix: list[int], parts: list[tuple[list[int], list[int]
     Fills sequence_ids/student_mask/turn_index and each turn's offset; turns get empty context_ids."""
     seq, mask, index, turns = list(prefix), [0] * len(prefix), [-1] * len(prefix), []
     for k, (resp, user) in enumerate(parts):
-        turns.append(make_turn(step=k, context_ids=[], response_ids=resp, offset=len(seq)))
+        turns.append(make_turn(index=k, context_ids=[], response_ids=resp, offset=len(seq)))
         seq += resp + user
         mask += [1] * len(resp) + [0] * len(user)
         index += [k] * len(resp) + [-1] * len(user)
@@ -124,12 +136,27 @@ def biased_model(bias: dict[int, float], seed: int = 0, num_layers: int = 2, dty
 
 def with_teacher_pass(teacher, episodes, vocab_rows=None):
     """Run the teacher's annotation pass (log-probs, hidden states) on every turn but keep the hand-set
-    confidences, so a test controls kappa while the loss gets the teacher states it needs."""
+    confidences, so a test controls kappa while the loss gets the teacher states it needs. Returns the
+    hidden states by (episode, turn), as `sage.distill.annotate.Annotator` does."""
     from sage.distill.teacher import TeacherScorer
 
-    turns = [t for ep in episodes for t in ep.turns]
+    keys = [(e, k) for e, ep in enumerate(episodes) for k in range(len(ep.turns))]
+    turns = [episodes[e].turns[k] for e, k in keys]
     kept = [list(t.confidence) if t.confidence is not None else None for t in turns]
-    TeacherScorer(teacher, vocab_rows=vocab_rows).score_turns(turns)
+    hidden = TeacherScorer(teacher, vocab_rows=vocab_rows).score_turns(turns)
     for t, c in zip(turns, kept, strict=True):
         t.confidence = c
-    return episodes
+    return dict(zip(keys, hidden, strict=True))
+
+
+def weighted_loss(token_loss, mask, gate, confidence, denominator, eps: float = 1e-8):
+    """The step-loss contract of `sage.distill.objective` on a ``[B, T]`` token-loss tensor: ``sum(g * kappa *
+    l * mask) / max(eps, denominator)`` from the production pieces (`token_weights`, `normalized`), with
+    positions of weight 0 removed by ``torch.where`` as the fused loss drops them."""
+    from sage.distill.objective import normalized, token_weights
+    from sage.upcast import compute_dtype
+
+    dtype = compute_dtype(token_loss.dtype)
+    w = token_weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype))
+    loss = torch.where(w != 0, token_loss.to(dtype), torch.zeros((), dtype=dtype, device=token_loss.device))
+    return normalized((w * loss).sum(), denominator, eps)

@@ -28,7 +28,7 @@ from sage.rollout.chat import ChatCodec, Transcript
 from sage.rollout.generation import HFGenerator
 from sage.rollout.loop import ContextLimitError, rollout
 from sage.specs import RolloutSpec
-from tests.helpers import make_episode, make_turn, tiny_model, tiny_tokenizer
+from tests.helpers import char_tokenizer, make_episode, make_turn, tiny_model, tiny_tokenizer
 
 MAX_TURNS, POOL_WORKERS = 2, 1  # the `pool` fixture (conftest.py)
 
@@ -228,22 +228,24 @@ def test_judge_labels_that_collide_after_tokenization():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from sage.distill.judge import JudgeLabelError, TurnJudge
+    from sage.distill.gate import make_gate
+    from sage.distill.judge import JudgeLabelError
+    from sage.specs import GateSpec
 
     words = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "look": 2, ":": 3}, unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="<eos>", pad_token="<eos>")
-    judge = TurnJudge(labels=("SKIP", "STRONG"), model=tiny_model(), tokenizer=tok)
+    judge = make_gate(GateSpec(labels=("SKIP", "STRONG")), None, tiny_model(), tok)
     with pytest.raises(JudgeLabelError, match=r"\['SKIP', 'STRONG'\] are not distinguishable.*'SKIP' -> \[0\], 'STRONG' -> \[0\]"):
         judge.judge([make_episode([make_turn()])])
 
-    smol = tiny_tokenizer()  # "SKIPA" / "SKIPB" share their first token in SmolLM2's vocabulary
-    judge = TurnJudge(labels=("SKIPA", "SKIPB"), weights={"SKIPA": 0.0, "SKIPB": 1.0}, model=tiny_model(), tokenizer=smol)
+    chars = char_tokenizer()  # one token per character: SKIP and STRONG share their first
+    judge = make_gate(GateSpec(labels=("SKIP", "STRONG")), None, tiny_model(), chars)
     ids = judge.label_token_ids(judge.prompt_text(make_episode([make_turn()]), 0))
     assert ids[0][0] == ids[1][0] and not judge.use_first_token(ids)  # stated fallback: whole-label scoring
     episodes = [make_episode([make_turn()])]
     judge.judge(episodes)
-    assert episodes[0].turns[0].gate_label in ("SKIPA", "SKIPB")
+    assert episodes[0].turns[0].gate_label in ("SKIP", "STRONG")
 
 
 # -- context length ----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sage.distill.confidence import teacher_confidence
+from sage.distill.confidence import finish_confidence, teacher_confidence
 
 P = [0.7, 0.2, 0.1]
 
@@ -41,36 +41,15 @@ def test_temperature_and_detached():
 
 
 def test_floor():
-    z = logits([[0.4, 0.3, 0.3], P])
-    out = teacher_confidence(z, "max_prob", minimum=0.5)
-    assert out[0].tolist() == pytest.approx([0.5, 0.7], rel=1e-6)
+    kappa = teacher_confidence(logits([[0.4, 0.3, 0.3], P]), "max_prob")[0]
+    assert finish_confidence(kappa, minimum=0.5).tolist() == pytest.approx([0.5, 0.7], rel=1e-6)
 
 
-def test_turn_average_with_turn_ids():
-    rows = [P, [0.5, 0.25, 0.25], [0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.6, 0.2, 0.2], [0.8, 0.1, 0.1]]
-    z = logits(rows)
-    turn_ids = torch.tensor([[-1, 0, 0, 1, 1, 1]])
-    mask = torch.tensor([[0, 1, 1, 1, 1, 0]])
-    out = teacher_confidence(z, "max_prob", turn_average=True, mask=mask, turn_ids=turn_ids)
-    # token 0 is outside any turn: keeps 0.7; turn 0 = mean(0.5, 0.9); turn 1 = mean over masked (0.4, 0.6),
-    # which the unmasked token 5 of that turn also receives.
-    assert out[0].tolist() == pytest.approx([0.7, 0.7, 0.7, 0.5, 0.5, 0.5], rel=1e-6)
-
-
-def test_turn_average_rows_are_separate_and_default_to_one_turn_per_row():
-    z = torch.cat([logits([[0.5, 0.25, 0.25], [0.9, 0.05, 0.05]]), logits([[0.4, 0.3, 0.3], P])])  # [2, 2, 3]
-    same_ids = torch.zeros(2, 2, dtype=torch.long)
-    out = teacher_confidence(z, "max_prob", turn_average=True, turn_ids=same_ids)
-    assert out.flatten().tolist() == pytest.approx([0.7, 0.7, 0.55, 0.55], rel=1e-6)
-    mask = torch.tensor([[1, 1], [0, 1]])
-    out = teacher_confidence(z, "max_prob", turn_average=True, mask=mask)
-    assert out.flatten().tolist() == pytest.approx([0.7, 0.7, 0.7, 0.7], rel=1e-6)
-
-
-def test_floor_after_turn_average():
-    z = logits([[0.4, 0.3, 0.3], [0.9, 0.05, 0.05]])
-    out = teacher_confidence(z, "max_prob", minimum=0.7, turn_average=True)
-    assert out[0].tolist() == pytest.approx([0.7, 0.7], rel=1e-6)  # mean 0.65, floored
+def test_turn_average_is_the_turn_mean_and_the_floor_comes_after():
+    kappa = torch.tensor([0.5, 0.9, 0.4], dtype=torch.float64)  # one turn's tokens
+    assert finish_confidence(kappa, turn_average=True).tolist() == pytest.approx([0.6] * 3, rel=1e-15)
+    assert finish_confidence(kappa, minimum=0.7, turn_average=True).tolist() == [0.7] * 3  # mean 0.6, floored
+    assert finish_confidence(kappa[:0], turn_average=True).numel() == 0
 
 
 def test_unknown_kind():

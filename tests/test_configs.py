@@ -38,7 +38,7 @@ def test_full_configs_parse_and_instantiate(config):
     has_teacher = "teacher: null" not in config.read_text()
     c = instantiate([config], TINY_TEACHER if has_teacher else [])
     assert c.model.student is None  # models are built by configure_model, on the trainer's device
-    c.model.configure_model()
+    c.model.build_models()
     assert c.model.student is not None and (c.model.teacher is not None) == has_teacher
     assert c.datamodule.pool is None  # no environment is started by parsing
 
@@ -76,7 +76,7 @@ def test_qwen3_thinking_is_off_for_the_student_and_the_judge():
 def _toggled(override: str | None):
     configs = [CONFIGS / "sage_opd.yaml"] + ([CONFIGS / "ablations" / override] if override else [])
     c = instantiate(configs, TINY_TEACHER)  # the overlays set the specs themselves
-    c.model.configure_model()
+    c.model.build_models()
     return c.model
 
 
@@ -94,7 +94,8 @@ def test_each_ablation_changes_exactly_its_part():
 
 def test_ablations_change_what_the_loss_uses():
     """no_gate: no zero-weight turn; no_confidence: kappa = 1 on every token; no_norm: D = token count."""
-    from sage.batching import build_steps, window_samples
+    from sage.plan import plan_steps
+    from sage.samples import window_samples
 
     def annotated(model):
         turns = [make_turn(k, context_ids=[1, 30 + k, 31], response_ids=[40, 41 + k]) for k in range(4)]
@@ -116,8 +117,8 @@ def test_ablations_change_what_the_loss_uses():
 
     model = _toggled("no_norm.yaml")
     eps = annotated(model)
-    step = build_steps(window_samples(eps), 100, 10_000, pad_id=2, seed=0, skip_gated=False)[0]
-    assert step.denominator(model.loss_spec.normalize) == 8.0  # 4 turns x 2 response tokens
+    step = plan_steps(window_samples(eps), 100, 10_000, 2, model.loss_spec.normalize, seed=0)[0]
+    assert step.denominator == 8.0  # 4 turns x 2 response tokens, skipped turns included
 
 
 @pytest.mark.parametrize("name", ["sage_opd.yaml", "opd.yaml", "gkd_jsd.yaml", "sft.yaml", "quickstart.yaml"])
@@ -141,3 +142,27 @@ def test_the_trainer_bar_is_tqdm_like_the_phase_bars_unless_configured_otherwise
     assert off.trainer.progress_bar_callback is None
     named = instantiate([CONFIGS / "quickstart.yaml"], [*TINY_TEACHER, "--trainer.callbacks+", "RichProgressBar"])
     assert type(named.trainer.progress_bar_callback) is RichProgressBar
+
+
+def test_every_module_and_data_key_has_help_text(capsys):
+    """`sage fit --help` explains each SageModule and SageDataModule argument (their Args: docstrings)."""
+    import inspect
+    import re
+
+    from sage.data import SageDataModule
+    from sage.module import SageModule
+
+    with pytest.raises(SystemExit):
+        cli(args=["fit", "--help"])
+    text = capsys.readouterr().out
+    for prefix, cls in (("model", SageModule), ("data", SageDataModule)):
+        for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+            match = re.search(rf"^(\S[^\n]*):\n  --{prefix}\.{name} CONFIG\n", text, re.M)  # a settings group
+            if match is not None:
+                help_text = match.group(1)
+            else:  # the flag, its metavar, then the description (on the same line or the next ones)
+                match = re.search(rf"^  --{prefix}\.{name} [^\n]*\n(?:\s{{10,}}[^\n]*\n)*", text, re.M)
+                assert match, f"--{prefix}.{name} is not in --help"
+                help_text = " ".join(match.group(0).split()[2:])
+            assert not help_text.startswith("(type:") and "Path to a configuration file" not in help_text, (
+                f"--{prefix}.{name} has no description: {help_text!r}")

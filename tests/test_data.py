@@ -6,7 +6,7 @@ import pytest
 
 from sage.data import SageDataModule, balanced
 from sage.envs import TASK_TYPES, find_games
-from sage.experience import episode_stats
+from sage.epoch import episode_stats
 from tests.helpers import make_episode, make_turn
 
 

@@ -13,9 +13,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sage.batching import build_steps, flatten_steps, window_samples
-from sage.distributed import align_steps, shard
+from sage.distributed import shard
 from sage.module import SageModule
+from sage.plan import plan_steps
+from sage.samples import window_samples
 from sage.specs import LossSpec, ModelSpec
 from tests.helpers import make_episode, make_turn, with_teacher_pass
 
@@ -32,15 +33,14 @@ def _episodes():
 
 
 def _step(module, samples, world_size):
-    """One optimizer step's loss and gradient, the way training_step computes them."""
-    steps = build_steps(samples, 100, 64, pad_id=2, seed=0)
-    dens, counts, _ = align_steps([s.denominator(module.loss_spec.normalize) for s in steps],
-                               [len(s.micro_batches) for s in steps])
+    """One optimizer step's loss and gradient, the way training_step computes them (the plan all-reduces
+    the denominators and pads the micro-batch counts across ranks)."""
+    (step,) = plan_steps(samples, 100, 64, 2, module.loss_spec.normalize, seed=0)
     module.student.zero_grad()
     total = torch.zeros((), dtype=torch.float64)
-    for item in flatten_steps(steps, dens, counts):
-        if "input_ids" in item:
-            loss, _ = module.micro_loss(item)
+    for mb in step.micro_batches:
+        if not mb.padding:
+            loss, _ = module.micro_loss(mb.tokens, mb.denominator)
         else:
             loss = sum(p.sum() for p in module.trainable_parameters()) * 0.0
         (loss * world_size).backward()
@@ -53,12 +53,13 @@ def _module(normalize):
     torch.manual_seed(0)
     module = SageModule(student=ModelSpec("tiny-random", dtype="float64"),
                         teacher=ModelSpec("tiny-random", seed=1, dtype="float64"), loss=LossSpec(normalize=normalize))
-    module.configure_model()
+    module.build_models()
     return module
 
 
 def _samples(module):
-    return window_samples(with_teacher_pass(module.teacher, _episodes(), module.vocab_rows))
+    episodes = _episodes()
+    return window_samples(episodes, with_teacher_pass(module.teacher, episodes, module.vocab_rows))
 
 
 def _worker(rank, world_size, port, normalize, out):

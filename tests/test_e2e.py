@@ -148,6 +148,14 @@ def test_steps_whose_turns_are_all_skipped_leave_the_student_alone(tmp_path, poo
     assert skipped and skipped[0] >= 1 and not any(r.get("train/loss") for r in rows)
 
 
+class _Published(L.Callback):
+    def __init__(self):
+        self.epochs = []
+
+    def on_epoch_data(self, trainer, pl_module, epoch):  # sage.epoch.publish
+        self.epochs.append(epoch)
+
+
 class _EpochEnds(L.Callback):
     def __init__(self):
         self.steps = []
@@ -208,13 +216,16 @@ def test_one_epoch_variants_train(tmp_path, pool, name, extra):
     c = build(tiny_args(tmp_path, epochs=1, val_every=100, extra=extra), pool)
     autocast, collect = [], c.datamodule.collect
     c.datamodule.collect = lambda *a: autocast.append(torch.is_autocast_enabled("cpu")) or collect(*a)
+    published = _Published()
+    c.trainer.callbacks.append(published)
     c.trainer.fit(c.model, datamodule=c.datamodule)
     assert autocast == [name == "bf16_mixed"]  # rollouts run under the trainer's precision
     rows = list(csv.DictReader((Path(c.trainer.log_dir) / "metrics.csv").read_text().splitlines()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses and all(math.isfinite(x) for x in losses)
-    eps = c.datamodule.experience.episodes
-    assert len(eps) == 3
+    (epoch,) = published.epochs  # the epoch reached the callbacks once, by its named route
+    eps = epoch.episodes
+    assert len(eps) == 3 and epoch.index == 0 and epoch.stats["turns"] == sum(ep.length for ep in eps)
     if name == "transcript":
         assert all(ep.sequence_ids for ep in eps)
     if name == "sft_expert":

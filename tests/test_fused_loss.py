@@ -16,7 +16,8 @@ from torch import nn
 
 from sage.distill.confidence import teacher_confidence
 from sage.distill.divergence import target_logprobs, token_divergence
-from sage.distill.fused import FUSED_KINDS, chunked_token_loss, head_logits, teacher_token_stats
+from sage.distill.fused import chunked_token_loss, head_logits, teacher_token_stats
+from sage.distill.loss_kinds import LOSS_KINDS
 
 F64 = torch.float64
 N, H_S, H_T, V = 7, 5, 6, 11  # student / teacher hidden sizes differ; V = shared vocabulary
@@ -28,7 +29,7 @@ CASES = [  # (kind, beta)
     ("sampled_reverse_kl", 0.5), ("sft", 0.5),
 ]
 CHUNKS = [1, 3, N, N + 5]
-assert {kind for kind, _ in CASES} == set(FUSED_KINDS)
+assert {kind for kind, _ in CASES} == set(LOSS_KINDS)
 
 
 def make(head_kind: str = "plain", seed: int = 0):

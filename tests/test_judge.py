@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from sage.distill.judge import TurnJudge
+from sage.distill.gate import GATES, make_gate
+from sage.distill.judge import JudgeLabelError, TeacherJudge
 from sage.distill.judge_prompt import JudgePrompt
-from tests.helpers import biased_model, float32_tol, make_episode, make_turn, tiny_tokenizer
+from sage.specs import GATE_MODES, GateSpec
+from tests.helpers import biased_model, char_tokenizer, float32_tol, make_episode, make_turn, tiny_tokenizer
 
 THREE = ("SKIP", "WEAK", "STRONG")
 TWO = ("SKIP", "INTERVENE")
@@ -20,12 +22,12 @@ def tok():
 
 def _episodes():
     a = make_episode([
-        make_turn(step=0, action="go to desk 1", feedback="On the desk 1, you see a mug 1."),
-        make_turn(step=1, action="take mug 1 from desk 1", feedback="You pick up the mug 1 from the desk 1."),
-        make_turn(step=2, action="take mug 1 from desk 1", feedback="Nothing happens."),
-        make_turn(step=3, action="", valid_format=False, feedback="Nothing happens.", done=True),
+        make_turn(index=0, action="go to desk 1", feedback="On the desk 1, you see a mug 1."),
+        make_turn(index=1, action="take mug 1 from desk 1", feedback="You pick up the mug 1 from the desk 1."),
+        make_turn(index=2, action="take mug 1 from desk 1", feedback="Nothing happens."),
+        make_turn(index=3, action="", valid_format=False, feedback="Nothing happens.", done=True),
     ])
-    b = make_episode([make_turn(step=0, action="look", feedback="You are in the middle of a room.")],
+    b = make_episode([make_turn(index=0, action="look", feedback="You are in the middle of a room.")],
                      game_id="g1", task="look at the bowl under the desklamp.")
     return [a, b]
 
@@ -44,7 +46,7 @@ def _set_bias(model, ids):
 
 
 def _label_ids(tok, labels, model):
-    judge = TurnJudge(labels=labels, weights=dict.fromkeys(labels, 0.0), model=model, tokenizer=tok, prompt=SHORT)
+    judge = TeacherJudge(GateSpec(labels=labels), model, tok, SHORT)
     return judge.label_token_ids(judge.prompt_text(_episodes()[0], 0))
 
 
@@ -56,25 +58,22 @@ def test_judge_picks_the_label_the_teacher_prefers(tok, biased, labels):
         model = _set_bias(biased, ids)
         for scoring in ("first_token", "full"):
             eps = _episodes()
-            TurnJudge(labels=labels, model=model, tokenizer=tok, prompt=SHORT, scoring=scoring, max_batch=3).judge(eps)
+            TeacherJudge(GateSpec(labels=labels, scoring=scoring, max_batch=3), model, tok, SHORT).judge(eps)
             for t in (t for e in eps for t in e.turns):
                 assert t.gate_label == target and t.gate == weights[target]
                 assert set(t.gate_probs) == set(labels) and sum(t.gate_probs.values()) == pytest.approx(1.0)
                 assert t.gate_probs[target] > 0.9
 
 
-def test_multi_token_labels_with_colliding_first_tokens(tok, biased):
-    labels = ("SKIPA", "SKIPB")
-    ids_a, ids_b = _label_ids(tok, labels, biased)
-    assert ids_a[0] == ids_b[0] and len(ids_a) > 1 and len(ids_b) > 1  # the first token alone cannot decide
-    with pytest.raises(ValueError, match="share a first token"):
-        TurnJudge(labels=labels, weights={"SKIPA": 0.0, "SKIPB": 1.0}, model=biased, tokenizer=tok,
-                  scoring="first_token").judge(_episodes())
-    for target, ids, gate in (("SKIPA", ids_a, 0.0), ("SKIPB", ids_b, 1.0)):
+def test_multi_token_labels_with_colliding_first_tokens(biased):
+    chars, labels = char_tokenizer(), ("SKIP", "STRONG")  # one token per character: both start with "S"
+    label_ids = _label_ids(chars, labels, biased)
+    assert label_ids[0][0] == label_ids[1][0] and all(len(ids) > 1 for ids in label_ids)
+    with pytest.raises(JudgeLabelError, match="share a first token"):
+        TeacherJudge(GateSpec(labels=labels, scoring="first_token"), biased, chars, SHORT).judge(_episodes())
+    for target, ids, gate in zip(labels, label_ids, (0.0, 1.0), strict=True):
         eps = _episodes()
-        judge = TurnJudge(labels=labels, weights={"SKIPA": 0.0, "SKIPB": 1.0},
-                          model=_set_bias(biased, ids[1:]), tokenizer=tok, prompt=SHORT)
-        judge.judge(eps)
+        TeacherJudge(GateSpec(labels=labels, scoring="auto"), _set_bias(biased, ids[1:]), chars, SHORT).judge(eps)
         assert all(t.gate_label == target and t.gate == gate for e in eps for t in e.turns)
 
 
@@ -87,7 +86,7 @@ def test_probabilities_do_not_depend_on_batching(tok):
     probs, scales = [], []
     for max_batch, scoring in ((1, "first_token"), (16, "first_token"), (1, "full"), (16, "full")):
         eps = _episodes()
-        judge = TurnJudge(model=model, tokenizer=tok, prompt=SHORT, max_batch=max_batch, scoring=scoring)
+        judge = TeacherJudge(GateSpec(max_batch=max_batch, scoring=scoring), model, tok, SHORT)
         judge.judge(eps)
         probs.append(torch.tensor([[t.gate_probs[k] for k in THREE] for e in eps for t in e.turns]))
         texts = [judge.prompt_text(e, k) for e in eps for k in range(len(e.turns))]
@@ -98,8 +97,7 @@ def test_probabilities_do_not_depend_on_batching(tok):
 
 
 def test_prompt_has_history_and_feedback_but_no_outcome(tok, biased):
-    judge = TurnJudge(model=biased, tokenizer=tok, judge_history=2,
-                      prompt=JudgePrompt(answer_prefix="Verdict:"))
+    judge = TeacherJudge(GateSpec(judge_history=2), biased, tok, JudgePrompt(answer_prefix="Verdict:"))
     ep = _episodes()[0]
     text = judge.prompt_text(ep, 3)
     assert ep.task in text and "Nothing happens." in text and ep.turns[3].response_text in text
@@ -113,24 +111,27 @@ def test_prompt_has_history_and_feedback_but_no_outcome(tok, biased):
 
 def test_always_and_feedback_rule():
     eps = _episodes()
-    TurnJudge(mode="always").judge(eps)
+    make_gate(GateSpec(mode="always"), None, None, None).judge(eps)
     assert all(t.gate == 1.0 and t.gate_label == "ALWAYS" for e in eps for t in e.turns)
     eps = _episodes()
-    TurnJudge(mode="feedback_rule").judge(eps)
+    make_gate(GateSpec(mode="feedback_rule"), None, None, None).judge(eps)
     got = [(t.gate_label, t.gate) for e in eps for t in e.turns]
     # ok, ok, repeated action + "Nothing happens.", invalid format, ok
     assert got == [("SKIP", 0.0), ("SKIP", 0.0), ("INTERVENE", 1.0), ("INTERVENE", 1.0), ("SKIP", 0.0)]
-    repeat = make_episode([make_turn(step=0, action="look"), make_turn(step=1, action=" Look ")])
-    TurnJudge(mode="feedback_rule").judge([repeat])
+    repeat = make_episode([make_turn(index=0, action="look"), make_turn(index=1, action=" Look ")])
+    make_gate(GateSpec(mode="feedback_rule"), None, None, None).judge([repeat])
     assert [t.gate for t in repeat.turns] == [0.0, 1.0]
 
 
 def test_configuration_errors(tok, biased):
-    with pytest.raises(ValueError, match="gate mode='oracle'; allowed: teacher_judge, always, feedback_rule"):
-        TurnJudge(mode="oracle")
+    assert tuple(GATES) == GATE_MODES  # every configurable mode has its class, and no class is unreachable
+    with pytest.raises(ValueError, match="gate.mode='oracle'; allowed: teacher_judge, always, feedback_rule"):
+        GateSpec(mode="oracle")
     with pytest.raises(ValueError, match="teacher model"):
-        TurnJudge(mode="teacher_judge")
-    with pytest.raises(ValueError, match="no gate weight"):
-        TurnJudge(labels=("GOOD", "BAD"), model=biased, tokenizer=tok)
+        make_gate(GateSpec(mode="teacher_judge"), None, None, tok)
+    with pytest.raises(ValueError, match=r"unknown: \['GOOD', 'BAD'\]"):
+        GateSpec(labels=("GOOD", "BAD"))
+    assert GateSpec(labels=("SKIP", "WEAK", "INTERVENE"), weak_weight=0.25).label_weights() == {
+        "SKIP": 0.0, "WEAK": 0.25, "INTERVENE": 1.0}
     with pytest.raises(ValueError, match="unknown field"):
         JudgePrompt(user="{verdict}").messages(THREE, "t", [], "o", "r", "f")

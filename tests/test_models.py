@@ -12,6 +12,7 @@ from sage.models import (
     load_model,
     load_tokenizer,
     resolve_dtype,
+    shared_vocab_rows,
     smollm2_path,
     vocab_rows,
 )
@@ -89,11 +90,12 @@ def test_local_folder_and_layer_truncation(tmp_path):
 
 def test_check_tokenizers_same_and_padded_vocab():
     tok = tiny_tokenizer()
-    assert check_tokenizers(tok, tiny_tokenizer(), 49152, 49152) == 49152
+    check_tokenizers(tok, tiny_tokenizer())
+    assert shared_vocab_rows(tok, 49152, 49152) == 49152
     padded = tiny_model(vocab_size=49152 + 64)
-    assert check_tokenizers(tok, tiny_tokenizer(), 49152, vocab_rows(padded)) == 49152
+    assert shared_vocab_rows(tok, 49152, vocab_rows(padded)) == 49152
     with pytest.raises(TokenizerMismatchError, match="logit rows"):
-        check_tokenizers(tok, tok, 49152, 1000)
+        shared_vocab_rows(tok, 49152, 1000)
 
 
 def test_check_tokenizers_mismatches():
@@ -104,17 +106,17 @@ def test_check_tokenizers_mismatches():
     extra = copy.deepcopy(tok)
     extra.add_tokens(["<extra_tool>"])
     with pytest.raises(TokenizerMismatchError, match="<extra_tool>"):
-        check_tokenizers(tok, extra, 49152, 49152 + 64)
+        check_tokenizers(tok, extra)
     other = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1}, unk_token="<unk>")),
         eos_token="hello",
     )
     with pytest.raises(TokenizerMismatchError, match="differ first at token"):
-        check_tokenizers(tok, other, 49152, 49152)
+        check_tokenizers(tok, other)
     eos = copy.deepcopy(tok)
     eos.eos_token = "<|endoftext|>"
     with pytest.raises(TokenizerMismatchError, match="eos_token"):
-        check_tokenizers(tok, eos, 49152, 49152)
+        check_tokenizers(tok, eos)
 
 
 def test_smollm2_offline_conversion_and_quickstart_student():
@@ -126,7 +128,8 @@ def test_smollm2_offline_conversion_and_quickstart_student():
     assert tok.padding_side == "left"
     student = load_model("smollm2-135m-instruct", num_layers=6, trainable=False)
     assert vocab_rows(student) == 49152 and student.config.num_hidden_layers == 6
-    assert check_tokenizers(tok, tiny_tokenizer(), vocab_rows(student), 49152) == 49152
+    check_tokenizers(tok, tiny_tokenizer())
+    assert shared_vocab_rows(tok, vocab_rows(student), 49152) == 49152
 
 
 def test_auto_dtype_is_bf16_only_for_untrained_weights_on_a_gpu():
@@ -162,7 +165,8 @@ def test_tiny_qwen3_loads_with_lora_generates_and_trains(tmp_path):
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert "lora_" in k or torch.equal(a, b)  # init="random" is seeded (adapters follow the global seed)
     tok = load_tokenizer(str(folder))
-    assert check_tokenizers(tok, tiny_tokenizer(), vocab_rows(model), 49152) == 49152
+    check_tokenizers(tok, tiny_tokenizer())
+    assert shared_vocab_rows(tok, vocab_rows(model), 49152) == 49152
     # generation: batched equals one by one (float64), the padded head rows are never sampled
     model.eval()
     prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("go to the desk 1", "take mug")]
@@ -202,7 +206,7 @@ def test_hub_probe_gives_up_within_its_timeout():
     import socket
     import time
 
-    from sage.models import _hub_unreachable
+    from sage.models.hub import _hub_unreachable
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -226,7 +230,8 @@ def test_hub_id_online_goes_to_the_hub_client_as_before(monkeypatch):
 
     import huggingface_hub.constants
 
-    import sage.models as models
+    import sage.models.hub as hub
+    from sage.models import resolve_name
 
     class Hub(BaseHTTPRequestHandler):
         def do_HEAD(self):
@@ -243,9 +248,9 @@ def test_hub_id_online_goes_to_the_hub_client_as_before(monkeypatch):
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-        monkeypatch.setattr(models, "_HUB_STATUS", {})
-        assert models.hub_offline_reason() is None
-        assert models._local_or_hub("sage-test/not-downloaded") == ("sage-test/not-downloaded", False)
+        monkeypatch.setattr(hub, "_HUB_STATUS", {})
+        assert hub.hub_offline_reason() is None
+        assert resolve_name("sage-test/not-downloaded") == ("sage-test/not-downloaded", False)
     finally:
         server.shutdown()
         server.server_close()

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from sage.batching import build_steps, flatten_steps, window_samples
+from sage.distill.loss_kinds import LOSS_KINDS
 from sage.module import SageModule
+from sage.plan import plan_steps
+from sage.samples import window_samples
 from sage.specs import ConfidenceSpec, GateSpec, LossSpec, ModelSpec
 from tests.helpers import make_episode, make_turn, with_teacher_pass
 
@@ -17,7 +19,7 @@ def _module(dtype="float64", **kw) -> SageModule:
     """Float64 tiny models: comparisons across micro-batch splits are then exact to ~1e-15 on any CPU."""
     kw.setdefault("teacher", ModelSpec("tiny-random", seed=1, dtype=dtype))
     module = SageModule(student=ModelSpec("tiny-random", seed=0, dtype=dtype), **kw)
-    module.configure_model()
+    module.build_models()
     return module
 
 
@@ -31,18 +33,18 @@ def _episodes():
     return [make_episode(turns)]
 
 
-def _step_items(module, max_tokens):
-    steps = build_steps(window_samples(with_teacher_pass(module.teacher, _episodes(), module.vocab_rows)), 8, max_tokens, pad_id=2, seed=0)
-    dens = [s.denominator(module.loss_spec.normalize) for s in steps]
-    return flatten_steps(steps, dens, [len(s.micro_batches) for s in steps]), steps
+def _steps(module, max_tokens, episodes=None):
+    episodes = episodes or _episodes()
+    hidden = with_teacher_pass(module.teacher, episodes, module.vocab_rows) if module.teacher is not None else {}
+    return plan_steps(window_samples(episodes, hidden), 8, max_tokens, 2, module.loss_spec.normalize, seed=0)
 
 
-def _loss_and_grads(module, items):
+def _loss_and_grads(module, steps):
     module.student.zero_grad()
     total = 0.0
-    for item in items:
-        if "input_ids" in item:
-            loss, _ = module.micro_loss(item)
+    for mb in (mb for s in steps for mb in s.micro_batches):
+        if not mb.padding:
+            loss, _ = module.micro_loss(mb.tokens, mb.denominator)
             loss.backward()
             total += float(loss.detach())
     grads = [p.grad.clone() for p in module.trainable_parameters()]
@@ -58,11 +60,10 @@ def _close(a, b):
 @pytest.mark.parametrize("normalize", ["weighted", "opd"])
 def test_gradient_accumulation_split_does_not_change_loss_or_gradient(divergence, normalize):
     module = _module(loss=LossSpec(divergence=divergence, normalize=normalize, chunk_tokens=2))
-    one, steps = _step_items(module, max_tokens=10_000)
-    many, steps_many = _step_items(module, max_tokens=8)
-    assert len(steps) == 1 and len(steps[0].micro_batches) == 1
-    assert len(steps_many[0].micro_batches) == 2  # the gate-0 turn is not forwarded at all
-    assert steps[0].skipped_tokens == 4
+    one, many = _steps(module, max_tokens=10_000), _steps(module, max_tokens=8)
+    assert len(one) == 1 and len(one[0].micro_batches) == 1
+    assert len(many[0].micro_batches) == 2  # the gate-0 turn is not forwarded at all
+    assert one[0].denominator == many[0].denominator and one[0].trains
     l1, g1 = _loss_and_grads(module, one)
     l2, g2 = _loss_and_grads(module, many)
     _close(torch.tensor(l1), torch.tensor(l2))
@@ -73,10 +74,10 @@ def test_gradient_accumulation_split_does_not_change_loss_or_gradient(divergence
 def test_denominators_follow_the_normalization():
     # opd: every response token counts, skipped turn included: 3 + 2 + 4 = 9
     module = _module(loss=LossSpec(normalize="opd"))
-    _, steps = _step_items(module, 10_000)
-    assert steps[0].denominator("opd") == pytest.approx(9.0)
+    assert _steps(module, 10_000)[0].denominator == pytest.approx(9.0)
     # weighted: sum g * kappa = (0.9 + 0.5 + 0.2) * 1 + (0.4 + 0.8) * 0.5 = 2.2
-    assert steps[0].denominator("weighted") == pytest.approx(2.2)
+    module = _module(loss=LossSpec(normalize="weighted"))
+    assert _steps(module, 10_000)[0].denominator == pytest.approx(2.2)
 
 
 @pytest.mark.parametrize("chunk_tokens", [1, 1024])
@@ -84,8 +85,8 @@ def test_weighted_loss_matches_a_hand_assembled_value(chunk_tokens):
     """One teacher pass: the step's loss, built from the teacher's annotation-time hidden states, equals
     KL divergences from plain full forwards of both models."""
     module = _module(loss=LossSpec(divergence="reverse_kl", normalize="weighted", chunk_tokens=chunk_tokens))
-    items, _ = _step_items(module, 10_000)
-    loss = module.micro_loss(items[0])[0].detach()
+    mb = _steps(module, 10_000)[0].micro_batches[0]
+    loss = module.micro_loss(mb.tokens, mb.denominator)[0].detach()
     # rebuild by hand from a plain forward of both models on each turn
     num = 0.0
     for t in _episodes()[0].turns[:2]:
@@ -105,13 +106,12 @@ def test_sft_loss_is_token_cross_entropy():
     module = SageModule(student=ModelSpec("tiny-random", dtype="float64"), objective="sft",
                         gate=GateSpec(mode="always"), confidence=ConfidenceSpec(kind="none"),
                         loss=LossSpec(normalize="opd"))
-    module.configure_model()
+    module.build_models()
     eps = _episodes()
     for t in eps[0].turns:  # SFT serves every turn with weight 1
         t.gate, t.confidence = 1.0, None
-    steps = build_steps(window_samples(eps), 8, 10_000, pad_id=2, seed=0)
-    items = flatten_steps(steps, [s.denominator("opd") for s in steps], [1])
-    loss = module.micro_loss(items[0])[0].detach()
+    mb = _steps(module, 10_000, eps)[0].micro_batches[0]
+    loss = module.micro_loss(mb.tokens, mb.denominator)[0].detach()
     nll, n = 0.0, 0
     for t in eps[0].turns:
         ids = torch.tensor([t.context_ids + t.response_ids])
@@ -127,10 +127,11 @@ def test_all_turns_skipped_gives_a_zero_loss_and_an_empty_step():
     eps = _episodes()
     for t in eps[0].turns:
         t.gate = 0.0
-    steps = build_steps(window_samples(eps), 8, 10_000, pad_id=2, seed=0)
-    assert steps[0].micro_batches == [] and steps[0].denominator("weighted") == 0.0
-    items = flatten_steps(steps, [0.0], [0])
-    assert len(items) == 1 and "input_ids" not in items[0] and items[0]["step_end"]
+    steps = plan_steps(window_samples(eps), 8, 10_000, 2, "weighted", seed=0)
+    assert len(steps) == 1 and steps[0].denominator == 0.0 and not steps[0].trains
+    (mb,) = steps[0].micro_batches  # nothing to forward: one padding slot that still ends the step
+    assert mb.padding and mb.last and not mb.trains
+    assert plan_steps(window_samples(eps), 8, 10_000, 2, "opd", seed=0)[0].denominator == 9.0  # opd counts them
 
 
 def test_sft_needs_no_teacher_but_distill_does():
@@ -141,28 +142,33 @@ def test_sft_needs_no_teacher_but_distill_does():
 
 
 def test_annotate_uses_the_configured_gate_and_confidence():
-    from sage.distill.judge import TurnJudge
+    from sage.distill.gate import make_gate
     from sage.models import freeze
     from tests.helpers import biased_model
 
     module = _module(gate=GateSpec(mode="teacher_judge", labels=("SKIP", "INTERVENE")),
                      confidence=ConfidenceSpec(kind="max_prob"))
     eps = _episodes()
-    judge = TurnJudge(labels=("SKIP", "INTERVENE"), model=module.teacher, tokenizer=module.tokenizer)
+    judge = make_gate(module.gate_spec, None, module.teacher, module.tokenizer)
     skip_ids = judge.label_token_ids(judge.prompt_text(eps[0], 0))[0]
     module.teacher = freeze(biased_model({i: 50.0 for i in skip_ids}, seed=1))
     for t in eps[0].turns:
         t.confidence = None
-    module.make_annotator()(eps, transcript=False)
+    annotation = module.make_annotator()(eps, transcript=False)
     turns = eps[0].turns
     assert [t.gate_label for t in turns] == ["SKIP"] * 3 and all(t.gate == 0.0 for t in turns)
-    assert all(t.confidence is None and t.teacher_hidden is None for t in turns)  # skipped: no teacher pass
+    assert all(t.confidence is None for t in turns) and annotation.teacher_hidden == {}  # skipped: no teacher pass
 
     module.gate_spec = GateSpec(mode="always")
-    module.make_annotator()(eps, transcript=False)
+    hidden = module.make_annotator()(eps, transcript=False).teacher_hidden
     assert all(len(t.confidence) == len(t.response_ids) for t in turns)
     assert all(0 < c <= 1 and not math.isnan(c) for t in turns for c in t.confidence)
-    assert all(t.teacher_hidden.shape == (len(t.response_ids), 64) for t in turns)  # what the loss will need
+    assert {k: h.shape for k, h in hidden.items()} == {(0, k): (len(t.response_ids), 64) for k, t in enumerate(turns)}
+
+    module.loss_spec = LossSpec(divergence="sampled_reverse_kl")  # reads log pi_T(y) only: no hidden states kept
+    module.loss_kind = LOSS_KINDS["sampled_reverse_kl"]
+    assert module.make_annotator()(eps, transcript=False).teacher_hidden == {}
+    assert all(len(t.teacher_logprobs) == len(t.response_ids) for t in turns)
 
 
 def test_checkpoint_keeps_only_trainable_student_weights():
@@ -170,7 +176,7 @@ def test_checkpoint_keeps_only_trainable_student_weights():
 
     module = SageModule(student=ModelSpec("tiny-random", lora=LoraSpec(r=2, alpha=4, dropout=0.0)),
                         teacher=ModelSpec("tiny-random", seed=1))
-    module.configure_model()
+    module.build_models()
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
     keys = list(ckpt["state_dict"])

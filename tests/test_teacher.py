@@ -5,7 +5,7 @@ Float64 tiny teachers: batched (padded) and unbatched forwards then agree to ~1e
 import pytest
 import torch
 
-from sage.distill.confidence import teacher_confidence
+from sage.distill.confidence import finish_confidence, teacher_confidence
 from sage.distill.teacher import TeacherScorer
 from sage.forward import budget_batches, pad_right, predicting, selected_hidden
 from sage.models import freeze, load_model
@@ -27,7 +27,7 @@ def _ids(gen, n):
 def _turns(seed=0):
     gen = torch.Generator().manual_seed(seed)
     shapes = [(7, 5), (3, 9), (12, 1), (5, 4)]  # (context, response) lengths: padding in every direction
-    return [make_turn(step=k, context_ids=_ids(gen, c), response_ids=_ids(gen, r)) for k, (c, r) in enumerate(shapes)]
+    return [make_turn(index=k, context_ids=_ids(gen, c), response_ids=_ids(gen, r)) for k, (c, r) in enumerate(shapes)]
 
 
 def _direct(model, context, response, vocab_rows=None, temperature=1.0):
@@ -47,13 +47,13 @@ def _direct(model, context, response, vocab_rows=None, temperature=1.0):
 def test_score_turns_matches_direct_forward(teacher, kind, minimum, turn_average, temperature):
     turns = _turns()
     scorer = TeacherScorer(teacher, kind, minimum, turn_average, temperature, max_batch_tokens=40, chunk_tokens=3)
-    scorer.score_turns(turns)
-    for t in turns:
+    kept = scorer.score_turns(turns)
+    for t, kept_hidden in zip(turns, kept, strict=True):
         logp, logits, hidden = _direct(teacher, t.context_ids, t.response_ids, temperature=temperature)
         torch.testing.assert_close(torch.tensor(t.teacher_logprobs, dtype=torch.float64), logp, rtol=0, atol=TOL)
-        kappa = teacher_confidence(logits[None], kind, minimum, turn_average, temperature=temperature)[0].double()
+        kappa = finish_confidence(teacher_confidence(logits, kind, temperature=temperature).double(), minimum, turn_average)
         torch.testing.assert_close(torch.tensor(t.confidence, dtype=torch.float64), kappa, rtol=0, atol=TOL)
-        torch.testing.assert_close(t.teacher_hidden, hidden, rtol=0, atol=TOL)
+        torch.testing.assert_close(kept_hidden, hidden, rtol=0, atol=TOL)
         assert len(t.confidence) == len(t.response_ids) and min(t.confidence) >= minimum
 
 
@@ -69,20 +69,20 @@ def test_padded_teacher_vocab_is_sliced():
 def test_score_episodes_agrees_with_score_turns(teacher):
     gen = torch.Generator().manual_seed(5)
     ep = transcript_episode(_ids(gen, 6), [(_ids(gen, 4), _ids(gen, 3)), (_ids(gen, 2), _ids(gen, 5)), (_ids(gen, 3), [])])
-    window = [make_turn(step=t.step, context_ids=ep.sequence_ids[: t.offset], response_ids=t.response_ids) for t in ep.turns]
-    TeacherScorer(teacher, "max_prob", turn_average=True).score_turns(window)
-    TeacherScorer(teacher, "max_prob", turn_average=True).score_episodes([ep])
-    for t, w in zip(ep.turns, window, strict=True):
+    window = [make_turn(index=t.index, context_ids=ep.sequence_ids[: t.offset], response_ids=t.response_ids) for t in ep.turns]
+    w_hidden = TeacherScorer(teacher, "max_prob", turn_average=True).score_turns(window)
+    (e_hidden,) = TeacherScorer(teacher, "max_prob", turn_average=True).score_episodes([ep])
+    for t, w, th, wh in zip(ep.turns, window, e_hidden, w_hidden, strict=True):
         for a, b in ((t.teacher_logprobs, w.teacher_logprobs), (t.confidence, w.confidence)):
             torch.testing.assert_close(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
                                        rtol=0, atol=TOL)
-        torch.testing.assert_close(t.teacher_hidden, w.teacher_hidden, rtol=0, atol=TOL)
+        torch.testing.assert_close(th, wh, rtol=0, atol=TOL)
 
 
 def test_hidden_states_are_dropped_when_not_kept(teacher):
     turns = _turns()
-    TeacherScorer(teacher, keep_hidden=False).score_turns(turns)
-    assert all(t.teacher_hidden is None and len(t.teacher_logprobs) == len(t.response_ids) for t in turns)
+    hidden = TeacherScorer(teacher, keep_hidden=False).score_turns(turns)
+    assert hidden == [None] * len(turns) and all(len(t.teacher_logprobs) == len(t.response_ids) for t in turns)
 
 
 def test_scoring_errors(teacher):

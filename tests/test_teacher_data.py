@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from sage.distill.judge import TurnJudge
+from sage.distill.judge import TeacherJudge
 from sage.envs import AlfworldEnv, PromptBuilder, PromptTemplate
 from sage.envs import alfworld_env as env_module
 from sage.rollout.generation import HFGenerator
-from sage.specs import RolloutSpec
+from sage.specs import GateSpec, RolloutSpec
 from sage.teacher.labels import offline_label, offline_labels
 from sage.teacher.policy import Mix
 from sage.teacher.rounds import collect_round
@@ -68,7 +68,7 @@ def test_offline_label_rule(fields, previous, label):
 def _round(pool, mix, games, judge_examples=6, model=None, seed=0):
     tok = tiny_tokenizer()
     judge_model = model if model is not None else tiny_model()
-    judge = TurnJudge("teacher_judge", model=judge_model, tokenizer=tok)
+    judge = TeacherJudge(GateSpec(), judge_model, tok)
     gen = HFGenerator(model, tok, seed=seed) if model is not None else None
     return collect_round(games=games, pool=pool, prompt=PROMPT, tokenizer=tok, rollout_spec=SPEC, mix=mix,
                          answer=ANSWER, judge=judge, judge_examples=judge_examples, model=gen and model, seed=seed,

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from callbacks.transcripts import episode_record, write_jsonl
-from sage.distill.judge import TurnJudge
+from callbacks.episode_log import episode_record, write_jsonl
+from sage.distill.gate import make_gate
 from sage.distill.teacher import TeacherScorer
 from sage.envs import PromptBuilder, find_games
 from sage.rollout.generation import HFGenerator
 from sage.rollout.loop import rollout
-from sage.specs import RolloutSpec
+from sage.specs import GateSpec, RolloutSpec
 from sage.view import build_html, load_run, main
 from tests.helpers import tiny_model, tiny_tokenizer
 
@@ -40,7 +40,7 @@ def episodes(pool):
     games = find_games("valid_seen", limit=2)
     eps = rollout(HFGenerator(student, tok, seed=0), pool, games, PromptBuilder(), tok,
                   RolloutSpec(context_mode="window", max_new_tokens=12))
-    TurnJudge(model=teacher, tokenizer=tok).judge(eps)
+    make_gate(GateSpec(), None, teacher, tok).judge(eps)
     TeacherScorer(teacher).score_turns([t for ep in eps for t in ep.turns if t.gate > 0])
     eps[0].turns[1].observation += HOSTILE
     eps[0].turns[1].feedback = HOSTILE
@@ -103,7 +103,7 @@ def test_old_records_without_per_token_data_still_build(episodes):
 
 
 def test_non_finite_numbers_become_null():
-    turn = {"step": 0, "response": "x", "tokens": ["x"], "confidence": [float("nan")], "logprob": [float("-inf")],
+    turn = {"index": 0, "response": "x", "tokens": ["x"], "confidence": [float("nan")], "logprob": [float("-inf")],
             "teacher_logprob": [-1.0], "feedback": "", "action": "", "gate_label": "WEAK", "gate": 0.5}
     rec = {"epoch": 0, "game_id": "g", "task_type": "t", "task": "", "won": False, "turns": [turn]}
     data = re.search(r'id="sage-data">(.*?)</script>', build_html([rec], "nan"), re.S).group(1)

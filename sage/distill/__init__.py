@@ -4,7 +4,7 @@
 from sage.distill.confidence import teacher_confidence
 from sage.distill.divergence import target_logprobs, token_divergence
 from sage.distill.fused import chunked_token_loss, head_logits, teacher_token_stats
-from sage.distill.objective import normalized, step_denominator, token_weights, weighted_loss
+from sage.distill.objective import normalized, step_denominator, token_weights
 
 __all__ = [
     "chunked_token_loss",
@@ -16,5 +16,4 @@ __all__ = [
     "teacher_token_stats",
     "token_divergence",
     "token_weights",
-    "weighted_loss",
 ]

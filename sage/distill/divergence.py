@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sage.specs import DIVERGENCES, check_choice, check_range, check_temperature
+from sage.upcast import upcast
 
 # Log-probabilities are clamped here so that -inf logits (vocab masking) give 0 * finite = 0 instead of NaN.
 _LOG_FLOOR = -1e30
@@ -31,13 +32,8 @@ def _check_kind(kind: str) -> None:
     check_choice("divergence", kind, DIVERGENCES)
 
 
-def _upcast(x: Tensor) -> Tensor:
-    """float16/bfloat16 -> float32; float32/float64 unchanged (keeps gradcheck in float64 possible)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def _log_probs(logits: Tensor, temperature: float, vocab: int) -> Tensor:
-    logits = _upcast(logits[..., :vocab])
+    logits = upcast(logits[..., :vocab])
     if temperature != 1.0:
         logits = logits / temperature
     return F.log_softmax(logits, dim=-1).clamp(min=_LOG_FLOOR)
@@ -83,7 +79,7 @@ def _sampled_parts(
         vocab = student_logits.shape[-1]
         if teacher_logits is not None:
             vocab = min(vocab, teacher_logits.shape[-1])
-        logp_t = _upcast(teacher_target_logprobs.detach())
+        logp_t = upcast(teacher_target_logprobs.detach())
     elif teacher_logits is not None:
         vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
         logp_t = target_logprobs(teacher_logits.detach()[..., :vocab], target_ids, temperature)

@@ -24,9 +24,9 @@ from torch.utils.checkpoint import checkpoint
 
 from sage.distill.confidence import teacher_confidence
 from sage.distill.divergence import target_logprobs, token_divergence
-from sage.specs import CONFIDENCE_KINDS, DIVERGENCES, check_choice, check_range, check_temperature
-
-FUSED_KINDS: tuple[str, ...] = (*DIVERGENCES, "sft")
+from sage.distill.loss_kinds import LOSS_KINDS
+from sage.specs import CONFIDENCE_KINDS, check_choice, check_range, check_temperature
+from sage.upcast import compute_dtype, upcast
 
 
 def _is_plain_linear(head: torch.nn.Module) -> bool:
@@ -79,7 +79,7 @@ def head_logits(hidden: Tensor, head: torch.nn.Module, vocab_rows: int | None = 
         w, b = head.weight, head.bias
         if hidden.shape[-1] != w.shape[1]:
             raise ValueError(f"hidden size {hidden.shape[-1]} != head input size {w.shape[1]}")
-        dtype = torch.promote_types(torch.promote_types(hidden.dtype, w.dtype), torch.float32)
+        dtype = compute_dtype(hidden.dtype, w.dtype)
         v = rows if vocab_rows is None else vocab_rows
         with _no_autocast(hidden.device):
             return F.linear(hidden.to(dtype), w[:v].to(dtype), None if b is None else b[:v].to(dtype))
@@ -88,7 +88,7 @@ def head_logits(hidden: Tensor, head: torch.nn.Module, vocab_rows: int | None = 
         if vocab_rows > out.shape[-1]:
             raise ValueError(f"vocab_rows={vocab_rows} > the {out.shape[-1]} logits the head returns")
         out = out[..., :vocab_rows]
-    return out.to(torch.promote_types(out.dtype, torch.float32))
+    return upcast(out)
 
 
 def _check_common(temperature: float, chunk_tokens: int) -> None:
@@ -167,18 +167,19 @@ def chunked_token_loss(
     """``sum_n weights[n] * l_n`` (float32 scalar; float64 for float64 inputs) from hidden states ``[N, H]``.
 
     ``l_n`` is :func:`token_divergence` of ``kind`` on the fp32 head logits of token n (same temperature,
-    beta and endpoint conventions, teacher detached); ``kind="sft"`` is ``-log softmax(z_s / T)[y]`` (the
-    SFT objective: no teacher; pass temperature 1 as the module does). ``weights`` (g * kappa, detached) are per token;
-    rows with weight 0 are dropped before any math, so they add exactly 0 to value and gradients even
-    if their hidden states are inf/NaN. ``targets`` (sampled token ids) are required by
-    ``sampled_reverse_kl`` and ``sft``. ``sampled_reverse_kl`` takes the teacher term from
-    ``teacher_target_logprobs [N]`` (as given) or computes it once, without grad, from ``t_hidden``.
+    beta and endpoint conventions, teacher detached); a kind that reads no teacher (``sft``) is
+    ``-log softmax(z_s / T)[y]`` (pass temperature 1 as the module does). What each kind needs is its row of
+    `LOSS_KINDS`. ``weights`` (g * kappa, detached) are per token; rows with weight 0 are dropped before
+    any math, so they add exactly 0 to value and gradients even if their hidden states are inf/NaN. A kind
+    that reads ``teacher_logprobs`` takes them from ``teacher_target_logprobs [N]`` (as given) or computes
+    them once, without grad, from ``t_hidden``.
     ``vocab_rows`` defaults to the rows both heads share (padded vocabularies).
 
     Each chunk runs under a non-reentrant checkpoint: only its inputs are saved and its ``[chunk, V]``
     intermediates are recomputed in backward (one more head forward per chunk, student and teacher).
     """
-    check_choice("loss kind", kind, FUSED_KINDS)
+    check_choice("loss kind", kind, tuple(LOSS_KINDS))
+    needs = LOSS_KINDS[kind]
     _check_common(temperature, chunk_tokens)
     check_range("beta", beta, 0.0, 1.0)
     _check_hidden("s_hidden", s_hidden)
@@ -186,17 +187,17 @@ def chunked_token_loss(
     _check_tokens("weights", weights, n)
     _check_tokens("targets", targets, n, integer=True)
     _check_tokens("teacher_target_logprobs", teacher_target_logprobs, n)
-    if kind == "sft":
+    if not needs.teacher:
         t_hidden, t_head, teacher_target_logprobs = None, None, None
-    elif kind == "sampled_reverse_kl" and teacher_target_logprobs is not None:
+    elif needs.teacher_logprobs and teacher_target_logprobs is not None:
         t_hidden = None  # the given log-probs are the teacher term
     elif t_hidden is None:
-        need = "t_hidden or teacher_target_logprobs" if kind == "sampled_reverse_kl" else "t_hidden"
+        need = "t_hidden or teacher_target_logprobs" if needs.teacher_logprobs else "t_hidden"
         raise ValueError(f"kind {kind!r} needs {need}")
     _check_hidden("t_hidden", t_hidden, n)
     if t_hidden is not None and t_head is None:
         raise ValueError("t_hidden is given without t_head")
-    if kind in ("sampled_reverse_kl", "sft") and targets is None:
+    if needs.targets and targets is None:
         raise ValueError(f"kind {kind!r} needs targets (the sampled token ids)")
     vocab = _check_rows(vocab_rows, [s_head] + ([t_head] if t_hidden is not None else []))
 
@@ -209,11 +210,11 @@ def chunked_token_loss(
             for x in (s_hidden, t_hidden, targets, weights, teacher_target_logprobs)
         )
         n = int(idx.numel())
-    if targets is not None and kind in ("sampled_reverse_kl", "sft") and n and int(targets.min()) < 0:
+    if targets is not None and needs.targets and n and int(targets.min()) < 0:
         raise ValueError("a token with nonzero weight has a negative target id")
-    if kind not in ("sampled_reverse_kl", "sft"):
+    if not needs.targets:
         targets = None  # unused: not worth saving for backward
-    if kind == "sampled_reverse_kl" and t_hidden is not None:
+    if needs.teacher_logprobs and t_hidden is not None:
         # Only log p_T(y) is needed: compute it once, so backward does not recompute the teacher head.
         _, teacher_target_logprobs = teacher_token_stats(
             t_hidden, t_head, targets, vocab, temperature, "none", chunk_tokens
@@ -222,7 +223,7 @@ def chunked_token_loss(
 
     def chunk_loss(s_h: Tensor, t_h: Tensor | None, y: Tensor | None, w: Tensor, t_lp: Tensor | None) -> Tensor:
         z_s = head_logits(s_h, s_head, vocab)
-        if kind == "sft":
+        if not needs.teacher:
             loss = -target_logprobs(z_s, y, temperature)
         else:
             with torch.no_grad():

@@ -1,13 +1,7 @@
-"""The turn gate g_t (docs/METHOD.md, Turn gate): which student turns get distilled, and how strongly.
-
-Modes:
-- ``teacher_judge`` (SAGE): the teacher reads task, recent history, the student's response and the
-  environment feedback, and its next-token probabilities over the verdict labels give the gate. No
-  sampling, no reward, no won/done flag.
-- ``always`` (standard OPD): every turn, label ``ALWAYS``, gate 1.
-- ``feedback_rule`` (cheap baseline): label ``INTERVENE`` (gate 1) when the feedback reports a failure
-  ("Nothing happens."), the action repeats the previous one, or the response's format is invalid;
-  otherwise ``SKIP`` (gate 0). The same names as the two-level judge, so their logs compare directly.
+"""The teacher judge (gate mode ``teacher_judge``, SAGE; docs/METHOD.md, Turn gate): the teacher reads the
+task, recent history, the student's response and the environment feedback, and its next-token
+probabilities over the verdict labels give the gate g_t. No sampling, no reward, no won/done flag.
+The other gate modes and the table of all of them: `sage.distill.gate`.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ import torch
 from sage.distill.divergence import target_logprobs
 from sage.distill.fused import head_logits
 from sage.distill.judge_prompt import JudgePrompt
-from sage.envs import normalize_command
 from sage.errors import InputError
 from sage.forward import (
     budget_batches,
@@ -32,82 +25,36 @@ from sage.forward import (
 )
 from sage.progress import Phase
 from sage.rollout.chat import ChatCodec
-from sage.rollout.records import Episode, Turn
-from sage.specs import GATE_MODES, JUDGE_SCORINGS, GateSpec, check_choice
-
-DEFAULT_WEIGHTS = {"SKIP": 0.0, "STRONG": 1.0, "INTERVENE": 1.0}  # WEAK: weak_weight
+from sage.rollout.records import Episode
+from sage.specs import GateSpec
 
 
 class JudgeLabelError(InputError, ValueError):
-    """Judge labels that the teacher's tokenizer cannot tell apart (or that have no gate weight)."""
+    """Judge labels that the teacher's tokenizer cannot tell apart."""
 
 
-class TurnJudge:
+class TeacherJudge:
     """Fills ``turn.gate_label``, ``turn.gate`` and ``turn.gate_probs`` for every turn of the episodes.
 
-    ``scoring`` (teacher_judge): ``first_token`` reads p(first token of each label) from one forward
-    per prompt; ``full`` scores each whole label continuation (sum of token log-probs, one forward per
-    prompt x label); ``auto`` uses ``first_token`` when the labels' first tokens are distinct, else ``full``.
-    Probabilities are renormalized over the label set; the label is their argmax.
+    The labels and their gates come from the `GateSpec` (validated there). ``spec.scoring``:
+    ``first_token`` reads p(first token of each label) from one forward per prompt; ``full`` scores each
+    whole label continuation (sum of token log-probs, one forward per prompt x label); ``auto`` uses
+    ``first_token`` when the labels' first tokens are distinct, else ``full``. Probabilities are
+    renormalized over the label set; the label is their argmax.
     """
 
-    def __init__(
-        self,
-        mode: str = "teacher_judge",
-        labels: Sequence[str] = ("SKIP", "WEAK", "STRONG"),
-        weights: dict[str, float] | None = None,
-        weak_weight: float = 0.5,
-        judge_history: int = 2,
-        prompt: JudgePrompt | None = None,
-        model=None,
-        tokenizer=None,
-        max_batch: int = 16,
-        scoring: str = "auto",
-        fail_markers: Sequence[str] = ("Nothing happens.",),
-    ):
-        check_choice("gate mode", mode, GATE_MODES)
-        check_choice("judge scoring", scoring, JUDGE_SCORINGS)
-        labels = tuple(labels)
-        if mode == "teacher_judge":
-            if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
-                raise ValueError(f"the judge needs at least two distinct non-empty labels, got {labels}")
-            if model is None or tokenizer is None:
-                raise ValueError("gate mode 'teacher_judge' needs the teacher model and its tokenizer")
-            defaults = {**DEFAULT_WEIGHTS, "WEAK": weak_weight}
-            weights = dict(weights) if weights is not None else {k: defaults[k] for k in labels if k in defaults}
-            missing = [k for k in labels if k not in weights]
-            if missing:
-                raise ValueError(f"no gate weight for label(s) {missing}: pass weights={{label: gate}}")
-        self.mode, self.labels, self.weights = mode, labels, weights or {}
-        self.judge_history, self.max_batch, self.scoring = judge_history, max_batch, scoring
+    def __init__(self, spec: GateSpec, model, tokenizer, prompt: JudgePrompt | None = None):
+        if model is None or tokenizer is None:
+            raise ValueError("gate mode 'teacher_judge' needs the teacher model and its tokenizer")
+        self.labels, self.weights = tuple(spec.labels), spec.label_weights()
+        self.judge_history, self.max_batch, self.scoring = spec.judge_history, spec.max_batch, spec.scoring
         self.prompt = prompt or JudgePrompt()
         self.model, self.tokenizer = model, tokenizer
-        self.fail_markers = tuple(fail_markers)
 
     @classmethod
-    def from_spec(cls, spec: GateSpec, prompt: JudgePrompt | None, model, tokenizer) -> TurnJudge:
-        return cls(mode=spec.mode, labels=spec.labels, weak_weight=spec.weak_weight, judge_history=spec.judge_history,
-                   prompt=prompt, model=model, tokenizer=tokenizer, max_batch=spec.max_batch, scoring=spec.scoring)
+    def from_spec(cls, spec: GateSpec, prompt: JudgePrompt | None, teacher, tokenizer) -> TeacherJudge:
+        return cls(spec, teacher, tokenizer, prompt)
 
-    def judge(self, episodes: Sequence[Episode]) -> None:
-        if self.mode == "always":
-            for t in (t for e in episodes for t in e.turns):
-                t.gate_label, t.gate, t.gate_probs = "ALWAYS", 1.0, {"ALWAYS": 1.0}
-        elif self.mode == "feedback_rule":
-            for e in episodes:
-                for k, t in enumerate(e.turns):
-                    bad = self.rule_intervenes(t, e.turns[k - 1] if k else None)
-                    t.gate_label, t.gate = ("INTERVENE", 1.0) if bad else ("SKIP", 0.0)
-                    t.gate_probs = {"SKIP": float(not bad), "INTERVENE": float(bad)}
-        else:
-            self._judge_with_teacher(episodes)
-
-    def rule_intervenes(self, turn: Turn, previous: Turn | None) -> bool:
-        failed = any(m in turn.feedback for m in self.fail_markers)
-        repeated = previous is not None and normalize_command(turn.action) == normalize_command(previous.action)
-        return failed or repeated or not turn.valid_format
-
-    # --- teacher_judge -------------------------------------------------------------------------
     def prompt_text(self, episode: Episode, k: int) -> str:
         """The judge prompt for turn k as text (chat template + assistant header + answer prefix)."""
         t = episode.turns[k]
@@ -183,7 +130,7 @@ class TurnJudge:
                 phase.update(len(batch) if first_token else len(batch) / n_lab)
         return out.view(len(prompts), n_lab)
 
-    def _judge_with_teacher(self, episodes: Sequence[Episode]) -> None:
+    def judge(self, episodes: Sequence[Episode]) -> None:
         items = [(e, k) for e in episodes for k in range(len(e.turns))]
         if not items:
             return

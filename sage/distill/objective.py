@@ -8,13 +8,15 @@ The step loss is ``L = sum(g * kappa * l * mask) / D`` where the sums run over t
 * ``weighted``: ``max(eps, sum(g * kappa * mask))``, so the weights average to 1 over the step and the
   loss keeps OPD's scale while skipped turns still contribute nothing.
 
-Contract with the caller (gradient accumulation must not change the loss):
+Contract with the caller (gradient accumulation must not change the loss), kept by `sage.plan.plan_steps`
+and `SageModule.training_step`:
 
 1. Before any backward of a step, compute ``step_denominator`` for every micro-batch of that step, sum
    them, and all-reduce (sum) the total across ranks.
-2. Call ``weighted_loss`` per micro-batch with that same total and backward each result. The
-   per-micro-batch losses then add up to exactly the step loss, and their accumulated gradients to the
-   step gradient, whatever the accumulation split. The ``eps`` clamp is applied to the total only.
+2. Per micro-batch, divide ``sum(token_weights * l)`` by that same total (``normalized``) and backward
+   the result. The per-micro-batch losses then add up to exactly the step loss, and their accumulated
+   gradients to the step gradient, whatever the accumulation split. The ``eps`` clamp is applied to the
+   total only.
 3. DDP averages gradients over its W ranks; multiply each micro-batch loss by W (or divide the total
    denominator by W) so the averaged gradient is that of the global step loss.
 
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor
 
 from sage.specs import NORMALIZATIONS, check_choice
+from sage.upcast import compute_dtype
 
 
 def _check_normalize(normalize: str) -> None:
@@ -41,46 +44,24 @@ def token_weights(mask: Tensor, gate: Tensor, confidence: Tensor) -> Tensor:
     return torch.where(mask > 0, w, torch.zeros((), dtype=w.dtype, device=w.device))
 
 
-def step_denominator(
-    mask: Tensor, gate: Tensor, confidence: Tensor, normalize: str, eps: float = 1e-8
-) -> Tensor:
+def step_denominator(mask: Tensor, gate: Tensor, confidence: Tensor, normalize: str) -> Tensor:
     """This micro-batch's share of the step denominator (detached scalar); sum it over the whole step.
 
-    ``eps`` is accepted for symmetry with :class:`LossSpec` but not applied: clamping per micro-batch would
-    make the total depend on the split, so ``weighted_loss`` clamps the step total instead.
+    No ``eps`` clamp here: clamping per micro-batch would make the total depend on the split, so
+    ``normalized`` clamps the step total instead.
     """
     _check_normalize(normalize)
-    dtype = torch.promote_types(torch.promote_types(gate.dtype, confidence.dtype), torch.float32)
+    dtype = compute_dtype(gate.dtype, confidence.dtype)
     if normalize == "opd":
         return mask.detach().to(dtype).sum()
     return token_weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype)).sum()
-
-
-def weighted_loss(
-    token_loss: Tensor,
-    mask: Tensor,
-    gate: Tensor,
-    confidence: Tensor,
-    denominator: Tensor | float,
-    eps: float = 1e-8,
-) -> Tensor:
-    """``sum(g * kappa * l * mask) / max(eps, denominator)`` for one micro-batch (scalar).
-
-    ``denominator`` is the step total of :func:`step_denominator`. Positions with zero weight are
-    removed with ``torch.where`` rather than multiplied by 0, so inf/NaN losses there cannot poison the
-    value or the gradient.
-    """
-    dtype = torch.promote_types(token_loss.dtype, torch.float32)
-    w = token_weights(mask.to(dtype), gate.to(dtype), confidence.to(dtype))
-    active = w != 0
-    loss = torch.where(active, token_loss.to(dtype), torch.zeros((), dtype=dtype, device=token_loss.device))
-    return normalized((w * loss).sum(), denominator, eps)
 
 
 def normalized(numerator: Tensor, denominator: Tensor | float, eps: float = 1e-8) -> Tensor:
     """A micro-batch's ``sum(g * kappa * l)`` over the step's total denominator, clamped at ``eps``.
 
     The training step computes that numerator chunk by chunk from hidden states
-    (`sage.distill.fused.chunked_token_loss`); `weighted_loss` is the same formula on a token-loss tensor."""
+    (`sage.distill.fused.chunked_token_loss`, with ``token_weights`` as its weights); positions of weight 0
+    are dropped there before any math, so inf/NaN losses on them reach neither value nor gradient."""
     denom = torch.as_tensor(denominator, dtype=numerator.dtype, device=numerator.device).detach()
     return numerator / denom.clamp(min=eps)

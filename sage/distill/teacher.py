@@ -34,9 +34,10 @@ from sage.specs import CONFIDENCE_KINDS, check_choice, check_temperature
 
 
 class TeacherScorer:
-    """Fills ``Turn.teacher_logprobs``, ``Turn.confidence`` and (``keep_hidden``) ``Turn.teacher_hidden``.
+    """Fills ``Turn.teacher_logprobs`` and ``Turn.confidence`` (logged with the episode) and returns the
+    hidden states (``keep_hidden``; None otherwise), which only the epoch's plan holds, never the turn.
 
-    ``vocab_rows``: logit columns shared with the student (see `sage.models.check_tokenizers`); log-probs
+    ``vocab_rows``: logit columns shared with the student (see `sage.models.shared_vocab_rows`); log-probs
     and kappa use those columns only. ``temperature`` applies to both.
     """
 
@@ -98,29 +99,33 @@ class TeacherScorer:
         """One turn's kappa after the turn average and the floor (`finish_confidence`)."""
         if not kappa:
             return []
-        row = torch.tensor([kappa], dtype=torch.float64)
-        return finish_confidence(row, self.confidence_min, self.turn_average)[0].tolist()
+        return finish_confidence(torch.tensor(kappa, dtype=torch.float64), self.confidence_min, self.turn_average).tolist()
 
-    def score_turns(self, turns: Sequence[Turn]) -> None:
-        """Window mode: one row per turn, context_ids + response_ids."""
+    def score_turns(self, turns: Sequence[Turn]) -> list[Tensor | None]:
+        """Window mode: one row per turn, context_ids + response_ids. Returns each turn's hidden states."""
+        hidden_of: dict[int, Tensor | None] = {}
         for t in turns:
             if not t.response_ids:
                 t.teacher_logprobs, t.confidence = [], []
-        turns = [t for t in turns if t.response_ids]
+        all_turns, turns = turns, [t for t in turns if t.response_ids]
         for t in turns:
             if not t.context_ids:
                 raise ValueError(
-                    f"turn {t.step} of {t.game_id} has no context_ids (transcript mode?): use score_episodes"
+                    f"turn {t.index} of {t.game_id} has no context_ids (transcript mode?): use score_episodes"
                 )
         seqs = [list(t.context_ids) + list(t.response_ids) for t in turns]
         positions = [range(len(t.context_ids), len(s)) for t, s in zip(turns, seqs, strict=True)]
         for t, (logp, kappa, hidden) in zip(turns, self._score(seqs, positions), strict=True):
             t.teacher_logprobs = logp
             t.confidence = self._turn_confidence(kappa)
-            t.teacher_hidden = hidden
+            hidden_of[id(t)] = hidden
+        return [hidden_of.get(id(t)) for t in all_turns]
 
-    def score_episodes(self, episodes: Sequence[Episode]) -> None:
-        """Transcript mode: one row per episode sequence; each turn gets the scores at its own tokens."""
+    def score_episodes(self, episodes: Sequence[Episode]) -> list[list[Tensor | None]]:
+        """Transcript mode: one row per episode sequence; each turn gets the scores at its own tokens.
+        Returns, per episode, each turn's hidden states."""
+        out = [[None] * len(e.turns) for e in episodes]
+        index = {id(e): i for i, e in enumerate(episodes)}
         eps = [e for e in episodes if e.turns and e.sequence_ids]
         seqs, positions, turn_ids = [], [], []
         for e in eps:
@@ -142,4 +147,5 @@ class TeacherScorer:
                     )
                 t.teacher_logprobs = [logp[n] for n in idx]
                 t.confidence = self._turn_confidence([kappa[n] for n in idx])
-                t.teacher_hidden = hidden[idx[0] : idx[-1] + 1] if hidden is not None and idx else None
+                out[index[id(e)]][k] = hidden[idx[0] : idx[-1] + 1] if hidden is not None and idx else None
+        return out

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from sage.upcast import upcast
+
 NAME = "sage_grouped_sdpa"
 
 
@@ -38,7 +40,7 @@ def grouped_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
     if rep * q <= 16:  # decode: a few query rows per head; plain matmuls read each key/value once
         scale = scaling if scaling is not None else d**-0.5
         scores = torch.matmul(query, key.transpose(-1, -2))
-        scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * scale  # softmax in >= fp32
+        scores = upcast(scores) * scale  # softmax in >= fp32
         scores = scores.masked_fill(~mask, float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
     else:

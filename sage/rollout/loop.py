@@ -123,7 +123,7 @@ def rollout(
             ep = slot.episode
             offset = len(ctx) if transcript else -1
             turn = Turn(
-                game_id=ep.game_id, split=ep.split, task_type=ep.task_type, step=len(ep.turns),
+                game_id=ep.game_id, split=ep.split, task_type=ep.task_type, index=len(ep.turns),
                 context_ids=[] if transcript else list(ctx), response_ids=gen.token_ids,
                 logprobs=gen.logprobs, response_text=gen.text, action=p.action, valid_format=p.valid,
                 observation=slot.observation, admissible=slot.admissible, feedback=res.observation,

@@ -1,8 +1,7 @@
 """Plays ALFWorld games with a policy model: the environment pool, the prompt and the rollout spec.
 
-The DataModule owns one `Player` (its environment workers); training rollouts call it with the current
-student, and each validation batch carries it so the LightningModule plays the games with its own
-student (`GameBatch.play`). The policy model is always an argument: nothing here reaches into the
+The DataModule owns one `Player` (its environment workers) and calls it with the connected student for
+training rollouts and evaluation. The policy model is always an argument: nothing here reaches into the
 module or the trainer.
 """
 
@@ -53,17 +52,3 @@ class Player:
         finally:
             policy.train(was_training)
         return episodes
-
-
-@dataclass
-class GameBatch:
-    """One validation batch: the games and the player that plays them (nothing in it moves to a device)."""
-
-    games: list[GameInfo]
-    player: Player | None
-    label: str = "eval"  # the progress line's name, e.g. "eval valid_seen"
-
-    def play(self, policy, tokenizer, greedy: bool = True) -> list[Episode]:
-        if not self.games:
-            return []
-        return self.player.play(policy, tokenizer, self.games, greedy=greedy, label=self.label)

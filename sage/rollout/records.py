@@ -7,7 +7,6 @@ the DataModule turns them into padded tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass
@@ -17,7 +16,7 @@ class Turn:
     game_id: str
     split: str
     task_type: str
-    step: int  # 0-based index of the turn inside its episode
+    index: int  # 0-based position of the turn inside its episode
     # Exactly the tokens the policy conditioned on (no padding). Empty in transcript mode, where the
     # context is Episode.sequence_ids[:offset] (storing every prefix would cost O(turns^2) memory).
     context_ids: list[int]
@@ -44,9 +43,6 @@ class Turn:
     gate_probs: dict[str, float] | None = None
     confidence: list[float] | None = None  # kappa_{t,k}, one per response token
     teacher_logprobs: list[float] | None = None  # log pi_T(y_{t,k} | h_{t,k})
-    # The teacher's final hidden state at each response token's predicting position ([n, H] tensor on the
-    # host): the training loss recomputes the teacher's logits from it, so the teacher runs once per token.
-    teacher_hidden: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -26,13 +26,14 @@ import yaml
 from torchmetrics.functional.classification import binary_auroc, multiclass_confusion_matrix
 
 from sage.data import balanced
-from sage.distill.judge import TurnJudge
+from sage.distill.gate import FeedbackRule
+from sage.distill.judge import TeacherJudge
 from sage.distill.judge_prompt import JudgePrompt
 from sage.envs import EnvPool, PromptBuilder, PromptTemplate, find_games, panel_games
 from sage.models import load_model, load_tokenizer
 from sage.rollout.generation import HFGenerator
 from sage.rollout.loop import rollout
-from sage.specs import RolloutSpec
+from sage.specs import GateSpec, RolloutSpec
 from sage.teacher.labels import offline_labels
 from sage.teacher.policy import ExpertMixPolicy, Mix, PeekPool
 
@@ -90,10 +91,9 @@ def evaluate(model_name: str, split: str, n_games: int, policy: str, configs: li
     episodes = [e for e in play(model, tok, games, policy, cfg, seed, max_turns, workers) if e.error is None]
     played = time.perf_counter() - t0
     offline = [lab for e in episodes for lab in offline_labels(e, labels)]
-    teacher = TurnJudge("teacher_judge", labels=labels, judge_history=gate.get("judge_history", 2),
-                        prompt=JudgePrompt(**(cfg.get("model", {}).get("judge_prompt") or {})), model=model,
-                        tokenizer=tok)
-    rule = TurnJudge("feedback_rule")
+    spec = GateSpec(labels=labels, judge_history=gate.get("judge_history", 2))
+    teacher = TeacherJudge(spec, model, tok, JudgePrompt(**(cfg.get("model", {}).get("judge_prompt") or {})))
+    rule = FeedbackRule()
     judged = copy.deepcopy(episodes)
     t0 = time.perf_counter()
     teacher.judge(judged)

@@ -43,10 +43,10 @@ def keep_expert_turns(ep: Episode, answer: str) -> int:
 def judge_episode(judge, ep: Episode, k: int, label: str) -> Episode:
     """The judge prompt for turn k of `ep` followed by `label`'s tokens (the trained part)."""
     text = judge.prompt_text(ep, k)
-    prompt = judge._encode(text)
+    prompt = judge.tokenizer(text, add_special_tokens=False)["input_ids"]
     label_ids = judge.label_token_ids(text)[judge.labels.index(label)]
     src = ep.turns[k]
-    turn = Turn(game_id=ep.game_id, split="judge", task_type=ep.task_type, step=0, context_ids=[],
+    turn = Turn(game_id=ep.game_id, split="judge", task_type=ep.task_type, index=0, context_ids=[],
                 response_ids=list(label_ids), logprobs=[0.0] * len(label_ids), response_text=label, action="",
                 valid_format=True, observation=src.observation, admissible=[], feedback=src.feedback, done=True,
                 won=False, offset=len(prompt))

@@ -1,12 +1,14 @@
-"""Write each epoch's training episodes as JSONL (one episode a line) into the run's log dir."""
+"""The episode log: each epoch's training episodes as JSONL (one episode a line) in the run's log dir."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import lightning as L
+
+from sage.epoch import Epoch
+from sage.io import atomic_path
 
 
 def _round(xs, nd: int = 4) -> list[float] | None:
@@ -39,7 +41,7 @@ def episode_record(ep, epoch: int, tokenizer=None) -> dict:
     turns = []
     for t in ep.turns:
         rec = {
-            "step": t.step,
+            "index": t.index,
             "observation": t.observation,
             "admissible": list(t.admissible),
             "action": t.action,
@@ -71,28 +73,24 @@ def episode_record(ep, epoch: int, tokenizer=None) -> dict:
 
 
 def write_jsonl(path: Path, episodes, epoch: int, tokenizer=None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         for ep in episodes:
             f.write(json.dumps(episode_record(ep, epoch, tokenizer)) + "\n")
-    os.replace(tmp, path)
 
 
-class EpisodeTranscripts(L.Callback):
-    """`<log_dir>/episodes/epoch_NNN[_rankR].jsonl` with per-turn action, feedback, gate and confidence,
-    and per-token confidence and log-probs for `sage view`."""
+class EpisodeLog(L.Callback):
+    """`<log_dir>/episodes/epoch_NNN[_rankR].jsonl`: each epoch's training episodes with per-turn action,
+    feedback, gate and confidence, and per-token confidence and log-probs for `sage view`. Written when the
+    epoch is published (`sage.epoch.publish`), before its first step."""
 
     def __init__(self, enabled: bool = True, dirname: str = "episodes") -> None:
         self.enabled = enabled
         self.dirname = dirname
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm = trainer.datamodule
-        exp = getattr(dm, "experience", None)
-        if not self.enabled or exp is None or exp.epoch != trainer.current_epoch:
+    def on_epoch_data(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: Epoch) -> None:
+        if not self.enabled:
             return
         root = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
         suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        write_jsonl(root / f"epoch_{trainer.current_epoch:03d}{suffix}.jsonl", exp.episodes, trainer.current_epoch,
+        write_jsonl(root / f"epoch_{epoch.index:03d}{suffix}.jsonl", epoch.episodes, epoch.index,
                     tokenizer=getattr(pl_module, "tokenizer", None))

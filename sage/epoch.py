@@ -1,0 +1,81 @@
+"""One training epoch, built in one direction: episodes -> annotation -> samples -> optimizer steps, plus
+its summary statistics; and the one route by which it reaches the module and the callbacks.
+
+`EpochPlanner.plan` reads top to bottom. Its result, an `Epoch`, is handed to the LightningModule and
+to every callback that defines ``on_epoch_data`` (`publish`), once, before the epoch's first step: the
+module logs the statistics, `callbacks.EpisodeLog` writes the episodes. Nothing rides inside a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sage.distill.annotate import Annotation
+from sage.plan import MicroBatch, OptimizerStep, plan_steps
+from sage.rollout.records import Episode
+from sage.samples import transcript_samples, window_samples
+
+
+@dataclass
+class Epoch:
+    index: int
+    episodes: list[Episode]  # annotated: gate, confidence and teacher log-probs per turn
+    steps: list[OptimizerStep]
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def micro_batches(self) -> list[MicroBatch]:
+        """What the epoch's dataloader serves, in step order."""
+        return [mb for step in self.steps for mb in step.micro_batches]
+
+
+@dataclass
+class EpochPlanner:
+    annotate: Callable[[list[Episode], bool], Annotation]  # gate + teacher pass (`sage.distill.annotate.Annotator`)
+    normalize: str  # the loss normalization: which denominator the steps carry
+    transcript: bool  # one sample per episode (transcript) or per turn (window)
+    samples_per_step: int
+    max_tokens_per_micro_batch: int
+    pad_id: int
+    seed: int
+
+    def plan(self, episodes: list[Episode], index: int, rollout_seconds: float) -> Epoch:
+        annotation = self.annotate(episodes, self.transcript)
+        to_samples = transcript_samples if self.transcript else window_samples
+        samples = to_samples(episodes, annotation.teacher_hidden)
+        steps = plan_steps(samples, self.samples_per_step, self.max_tokens_per_micro_batch, self.pad_id,
+                           self.normalize, seed=self.seed + index)
+        stats = episode_stats(episodes) | {"rollout_seconds": rollout_seconds} | annotation.seconds
+        return Epoch(index, episodes, steps, stats)
+
+
+def episode_stats(episodes: list[Episode]) -> dict[str, float]:
+    """Per-epoch rollout summary: success, length, gate label rates, mean teacher confidence."""
+    turns = [t for ep in episodes for t in ep.turns]
+    n_ep, n_turn = max(1, len(episodes)), max(1, len(turns))
+    labels = [str(t.gate_label or "").lower() for t in turns]
+    conf = [c for t in turns if t.confidence for c in t.confidence]
+    return {
+        "episode_success": sum(ep.success for ep in episodes) / n_ep,
+        "episode_length": sum(ep.length for ep in episodes) / n_ep,
+        "invalid_format_rate": sum(not t.valid_format for t in turns) / n_turn,
+        "gate/skip_rate": labels.count("skip") / n_turn,
+        "gate/weak_rate": labels.count("weak") / n_turn,
+        "gate/strong_rate": labels.count("strong") / n_turn,
+        "gate/intervene_rate": labels.count("intervene") / n_turn,
+        "gate_mean": sum(t.gate for t in turns) / n_turn,
+        "confidence_mean": sum(conf) / len(conf) if conf else 1.0,
+        "turns": float(len(turns)),
+    }
+
+
+def publish(trainer, epoch: Epoch) -> None:
+    """The named route of an epoch to its readers: the LightningModule's ``on_epoch_data(epoch)`` and each
+    callback's ``on_epoch_data(trainer, pl_module, epoch)`` (those that define it)."""
+    module = trainer.lightning_module
+    module.on_epoch_data(epoch)
+    for callback in trainer.callbacks:
+        hook = getattr(callback, "on_epoch_data", None)
+        if hook is not None:
+            hook(trainer, module, epoch)
