@@ -13,7 +13,6 @@ normalization. It never writes to the module: the epoch's statistics travel in t
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -21,12 +20,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from sage import preemption
 from sage.distributed import shard, world
 from sage.envs import EnvPool, GameInfo, PromptBuilder, PromptTemplate, canonical_split, find_games, split_key
 from sage.experience import Experience, ExperienceBuilder
-from sage.rollout.player import GameBatch, Player
+from sage.rollout.player import GameBatch, PartialPlay, Player, PlayStopped
 from sage.rollout.records import Episode
-from sage.specs import DATA_SOURCES, DataSource, RolloutSpec, check_choice
+from sage.specs import DATA_SOURCES, DataSource, RolloutSpec, check_choice, check_range
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,14 @@ class SageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_choice("data.source", source, DATA_SOURCES)
+        for key, value, low, optional in (
+            ("train_games", train_games, 1, False), ("rollout_batch", rollout_batch, 1, True),
+            ("val_games", val_games, 1, True), ("val_batch", val_batch, 1, True), ("max_turns", max_turns, 1, False),
+            ("env_workers", env_workers, 0, False), ("samples_per_step", samples_per_step, 1, False),
+            ("max_tokens_per_micro_batch", max_tokens_per_micro_batch, 1, False),
+        ):
+            if not (optional and value is None):
+                check_range(f"data.{key}", value, low, or_null=optional)
         self.data_root = data_root
         self.train_split = canonical_split(train_split)
         self.train_games = train_games
@@ -129,6 +137,8 @@ class SageDataModule(L.LightningDataModule):
         self.experience: Experience | None = None  # the current epoch's (observers read it: transcripts)
         self._own_pool = False
         self._epoch_file: Path | None = None
+        self._epoch: int | None = None  # the epoch whose rollout `_epoch_file` holds
+        self._partial_file: Path | None = None  # a rollout stopped by SIGTERM, kept for the resume
         self._resume: dict | None = None
 
     @property
@@ -146,6 +156,14 @@ class SageDataModule(L.LightningDataModule):
             self._own_pool = True
         if self.player is None or self.player.pool is not self.pool:
             self.player = Player(self.pool, self.prompt, self.rollout_spec, self.rollout_batch)
+        self.player.stop = self._stop_at_turn
+
+    @staticmethod
+    def _stop_at_turn() -> bool:
+        """Checked at every turn boundary of a rollout: once turns are being played there is work to
+        keep, so SIGTERM from here on stops at a boundary instead of at once (`sage.preemption`)."""
+        preemption.work_started()
+        return preemption.stop_now()
 
     def teardown(self, stage: str | None = None) -> None:
         if self.pool is not None and self._own_pool:
@@ -169,8 +187,9 @@ class SageDataModule(L.LightningDataModule):
         rank, size = world()
         return shard(games, rank, size)
 
-    def collect(self, epoch: int) -> list[Episode]:
-        """This epoch's episodes from the configured source (failed environment workers left out)."""
+    def collect(self, epoch: int, resume: PartialPlay | None = None) -> list[Episode]:
+        """This epoch's episodes from the configured source (failed environment workers left out);
+        ``resume``: the part of this epoch's rollout played before a SIGTERM."""
         self.setup()
         student, teacher, tokenizer, _, _ = self._parts()
         games = self.epoch_games(epoch)
@@ -183,10 +202,10 @@ class SageDataModule(L.LightningDataModule):
         elif self.source == "teacher":
             if teacher is None:
                 raise ValueError("data.source=teacher needs model.teacher")
-            episodes = self.player.play(teacher, tokenizer, games, greedy=False, seed=seed)
+            episodes = self.player.play(teacher, tokenizer, games, greedy=False, seed=seed, resume=resume)
             episodes = [ep for ep in episodes if ep.won] if self.teacher_won_only else episodes
         else:
-            episodes = self.player.play(student, tokenizer, games, greedy=False, seed=seed)
+            episodes = self.player.play(student, tokenizer, games, greedy=False, seed=seed, resume=resume)
         return [ep for ep in episodes if ep.error is None]
 
     def train_dataloader(self) -> DataLoader:
@@ -211,35 +230,48 @@ class SageDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         """Saved in every checkpoint: where this epoch's rollouts are kept and how many of its items
         (micro-batches) were trained, so a resumed run continues the same epoch with the same samples."""
-        if self.experience is None or self._epoch_file is None:
+        if self._partial_file is not None:  # stopped by SIGTERM inside the rollout
+            return {"epoch": self._epoch, "partial_file": str(self._partial_file), "items_done": 0}
+        if self._epoch_file is None:
             return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self.experience.epoch, "episodes_file": str(self._epoch_file), "items_done": int(done)}
+        built = self.experience is not None and self.experience.epoch == self._epoch
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if built else 0
+        return {"epoch": self._epoch, "episodes_file": str(self._epoch_file), "items_done": int(done)}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state) or None
 
-    def _epoch_path(self, epoch: int) -> Path | None:
+    def _epoch_path(self, epoch: int, kind: str = "") -> Path | None:
         log_dir = self.trainer.log_dir or self.trainer.default_root_dir
         if log_dir is None:
             return None
         rank, size = world()
-        return Path(log_dir) / "epoch_data" / f"epoch_{epoch:03d}{f'_rank{rank}' if size > 1 else ''}.pt"
+        return Path(log_dir) / "epoch_data" / f"epoch_{epoch:03d}{kind}{f'_rank{rank}' if size > 1 else ''}.pt"
 
     def _episodes_for(self, epoch: int) -> tuple[list[Episode], int]:
         """This epoch's rollouts and the items already trained: kept ones when resuming this epoch,
         fresh ones (saved beside the checkpoints, atomically) otherwise."""
         resume, self._resume = self._resume, None
-        if resume and resume.get("epoch") == epoch and Path(resume["episodes_file"]).is_file():
-            self._epoch_file = Path(resume["episodes_file"])
+        if resume and resume.get("epoch") == epoch and Path(resume.get("episodes_file", "")).is_file():
+            self._epoch_file, self._epoch = Path(resume["episodes_file"]), epoch
             return torch.load(self._epoch_file, weights_only=False), int(resume["items_done"])
-        episodes = self.collect(epoch)
+        partial = None
+        if resume and resume.get("epoch") == epoch and Path(resume.get("partial_file", "")).is_file():
+            partial = torch.load(resume["partial_file"], weights_only=False)
+            log.info("resuming the rollout of epoch %d after its first %d turns", epoch, partial.turns)
+        self._partial_file, self._epoch_file, self._epoch = None, None, epoch
+        try:
+            episodes = self.collect(epoch) if partial is None else self.collect(epoch, partial)
+        except PlayStopped as stopped:
+            self._partial_file = self._epoch_path(epoch, "_partial")
+            if self._partial_file is not None:
+                _save_atomically(stopped.partial, self._partial_file)
+            raise preemption.Preempted(
+                f"in the rollout of epoch {epoch} after {stopped.partial.turns} turns (kept in {self._partial_file})"
+            ) from None
         self._epoch_file = self._epoch_path(epoch)
         if self._epoch_file is not None:
-            self._epoch_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._epoch_file.with_suffix(".tmp")
-            torch.save(episodes, tmp)
-            os.replace(tmp, self._epoch_file)
+            _save_atomically(episodes, self._epoch_file)
         return episodes, 0
 
     # -- evaluation -----------------------------------------------------------------------------------
@@ -257,6 +289,12 @@ class SageDataModule(L.LightningDataModule):
             loaders.append(DataLoader(batches or [GameBatch([], self.player, label)], batch_size=None, shuffle=False,
                                       collate_fn=_identity))
         return loaders
+
+
+def _save_atomically(obj, path: Path) -> None:
+    from sage.checkpointing import atomic_write
+
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def balanced(games: list[GameInfo], n: int | None) -> list[GameInfo]:

@@ -48,17 +48,19 @@ def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def check_range(key: str, value: float, low: float | None = None, high: float | None = None,
-                low_open: bool = False) -> None:
-    """``low <= value <= high`` (``low < value`` with ``low_open``), else one message naming the key."""
-    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+                low_open: bool = False, or_null: bool = False, high_open: bool = False) -> None:
+    """``low <= value <= high`` (``low < value`` with ``low_open``, ``value < high`` with ``high_open``),
+    else one message naming the key (``or_null``: the message adds that null is allowed too)."""
+    bad = (low is not None and (value <= low if low_open else value < low)) or (
+        high is not None and (value >= high if high_open else value > high))
     if bad:
         if low is not None and high is not None:
-            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         elif low is not None:
             allowed = f"{'>' if low_open else '>='} {low:g}"
         else:
-            allowed = f"<= {high:g}"
-        raise SpecError(f"{key}={value!r} must be {allowed}")
+            allowed = f"{'<' if high_open else '<='} {high:g}"
+        raise SpecError(f"{key}={value!r} must be {allowed}{' or null' if or_null else ''}")
 
 
 def check_temperature(value: float, key: str = "temperature") -> None:
@@ -77,6 +79,11 @@ class LoraSpec:
     """Dropout on the adapter input."""
     target_modules: list[str] | str = "all-linear"
     """Modules to adapt; "all-linear" adapts every linear layer except the LM head."""
+
+    def __post_init__(self) -> None:
+        check_range("lora.r", self.r, 1)
+        check_range("lora.alpha", self.alpha, 0, low_open=True)
+        check_range("lora.dropout", self.dropout, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -105,6 +112,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         check_choice("dtype", self.dtype, DTYPE_NAMES)
         check_choice("init", self.init, INITS)
+        if self.num_layers is not None:
+            check_range("num_layers", self.num_layers, 1, or_null=True)
 
 
 @dataclass
