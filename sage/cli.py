@@ -62,9 +62,14 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 # - a resumed or validating run writes into its own version folder; Lightning warns that the checkpoint
 #   callbacks' best-k bookkeeping is not carried over from the old folder (they monitor nothing here);
 warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-# - Lightning's advertisement for its cloud logger, printed at every run start.
+# - Lightning's advertisement for its cloud logger, printed at every run start;
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.getMessage()).startswith("💡 Tip: For seamless cloud logging")
+)
+# - "Seed set to N", printed on stderr before the classes check their arguments, so a refused value would
+#   come with a second line (the seed is in the run's config.yaml).
+logging.getLogger("lightning.fabric.utilities.seed").addFilter(
+    lambda record: not str(record.getMessage()).startswith("Seed set to")
 )
 
 TRAINER_DEFAULTS = {
@@ -131,13 +136,16 @@ class SageCLI(LightningCLI):
         configured student is built and a checkpoint that does not fit it is refused with
         `sage.models.CheckpointMismatchError` (see `SageModule.on_load_checkpoint`)."""
 
-    def before_instantiate_classes(self) -> None:
-        """Check the ALFWorld data before any model is loaded: a missing or empty data root or split
-        fails in seconds, before anything is written, instead of after the models load."""
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then check every setting (`sage.settings.check_config`) and the ALFWorld data before
+        anything else runs or prints: a missing or empty data root or split fails in seconds, before
+        anything is written, instead of after the models load."""
         from sage.envs import find_games
 
-        cfg = self.config.get(str(self.subcommand), self.config)
-        check_config(cfg, self.subcommand)
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand") if "subcommand" in self.config else None
+        cfg = self.config.get(str(subcommand), self.config) if subcommand else self.config
+        check_config(cfg, subcommand)
         logger = cfg.get("trainer", {}).get("logger")
         init = logger.get("init_args") if hasattr(logger, "get") else None
         if init is not None and init.get("save_dir") is None and "save_dir" in init:
@@ -146,7 +154,7 @@ class SageCLI(LightningCLI):
         if data is None:
             return
         splits = list(data.get("val_splits") or ["valid_seen", "valid_unseen"])
-        if self.subcommand in (None, "fit"):
+        if subcommand in (None, "fit"):
             splits.append(data.get("train_split") or "train")
         for split in dict.fromkeys(splits):
             find_games(split, data.get("data_root"), limit=1)
@@ -174,6 +182,7 @@ def cli(args=None, run: bool = True) -> SageCLI:
         SageModule,
         SageDataModule,
         trainer_class=preemption.SageTrainer,
+        auto_configure_optimizers=False,  # the module takes model.optimizer / model.lr_scheduler itself
         parser_class=SageArgumentParser,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},

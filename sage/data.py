@@ -112,7 +112,7 @@ class SageDataModule(L.LightningDataModule):
             ("train_games", train_games, 1, False), ("rollout_batch", rollout_batch, 1, True),
             ("val_games", val_games, 1, True), ("val_batch", val_batch, 1, True), ("max_turns", max_turns, 1, False),
             ("env_workers", env_workers, 0, False), ("samples_per_step", samples_per_step, 1, False),
-            ("max_tokens_per_micro_batch", max_tokens_per_micro_batch, 1, False),
+            ("max_tokens_per_micro_batch", max_tokens_per_micro_batch, 1, False), ("seed", seed, 0, False),
         ):
             if not (optional and value is None):
                 check_range(f"data.{key}", value, low, or_null=optional)

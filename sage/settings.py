@@ -10,6 +10,7 @@ tests/test_settings.py gives every key the parser knows a wrong type and an out-
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import os
@@ -24,6 +25,9 @@ from sage.specs import SpecError, check_range
 
 class ConfigError(InputError, ValueError):
     """A setting the parser or `check_config` refuses."""
+
+
+PROFILERS = ("simple", "advanced", "pytorch", "xla")  # Lightning's profiler names
 
 
 # -- the parser's own refusals, as one line ------------------------------------------------------------
@@ -58,6 +62,17 @@ def _block(lines: list[str]) -> list[str]:
     return block
 
 
+def _class_with_init_args(text: str) -> bool:
+    """The complaint is about a class given by class_path + init_args (a logger), not a dataclass spec."""
+    m = re.search(r"Problem with given class_path '([\w.]+)'", text)
+    if not m:
+        return False
+    try:
+        return not dataclasses.is_dataclass(class_from_path(m.group(1)))
+    except (ImportError, AttributeError):
+        return False
+
+
 def one_line(message: str, options: list[str] | None = None) -> str:
     """One line for a jsonargparse error message: ``key='value': expected ...`` (``options``: the option
     strings of the parser, to suggest the closest one for an unknown key)."""
@@ -70,7 +85,7 @@ def one_line(message: str, options: list[str] | None = None) -> str:
         return lines[0] + hint + "; `sage fit --help` lists every key"
     keys = re.findall(r'Parser key "([^"]+)"', text)
     key = ".".join(dict.fromkeys(keys)) if keys else "?"
-    if ("class_path=" in text or "callable class" in text) and len(keys) > 1:
+    if len(keys) > 1 and ("class_path=" in text or "callable class" in text or _class_with_init_args(text)):
         key = ".".join([keys[0], "init_args", *keys[1:]])
     ours = [m.group(1) for line in lines if (m := _OURS.match(line))]
     if ours:  # a check of ours (sage.specs) ran inside the parser: its message already names the key
@@ -132,9 +147,13 @@ def _int_or_fraction(key: str, value, what: str) -> None:
         raise ConfigError(f"{key}={value!r} must be an integer >= 0 or a fraction in [0, 1] ({what})")
 
 
+def _yaml(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def _exactly(key: str, value, want, why: str) -> None:
     if value != want:
-        raise ConfigError(f"{key}={value!r} must be {want!r}: {why}")
+        raise ConfigError(f"{key}={_yaml(value)} must be {_yaml(want)}: {why}")
 
 
 def check_trainer(t) -> None:
@@ -146,8 +165,14 @@ def check_trainer(t) -> None:
         if value is not None or not nullable:
             check_range(f"trainer.{key}", value, low, or_null=nullable)
     devices = _get(t, "devices")
-    if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1):
-        raise ConfigError(f"trainer.devices={devices} must be -1 (all), >= 1, 'auto' or a list of device ids")
+    if isinstance(devices, str) and re.fullmatch(r"-?\d+", devices.strip()):
+        devices = int(devices)
+    bad_text = isinstance(devices, str) and not re.fullmatch(r"auto|\d+(,\d+)*,?", devices.strip())
+    if bad_text or (isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1)):
+        raise ConfigError(f"trainer.devices={devices!r} must be -1 (all), >= 1, 'auto' or a list of device ids")
+    profiler = _get(t, "profiler")
+    if isinstance(profiler, str) and profiler not in PROFILERS:
+        raise ConfigError(f"trainer.profiler={profiler!r}; allowed: {', '.join(PROFILERS)} or a Profiler class")
     fast = _get(t, "fast_dev_run")
     if isinstance(fast, int) and not isinstance(fast, bool):
         check_range("trainer.fast_dev_run", fast, 0)
@@ -235,6 +260,20 @@ def check_model_specs(model) -> None:
             raise ConfigError(f"model.{role}.{exc}") from None
 
 
+def check_splits(data) -> None:
+    """data.train_split / data.val_splits are ALFWorld split names (the message names the key)."""
+    from sage.envs import canonical_split
+
+    for key, names in (("data.train_split", [_get(data, "train_split")]), ("data.val_splits", _get(data, "val_splits"))):
+        for name in names or []:
+            if name is None:
+                continue
+            try:
+                canonical_split(name)
+            except (InputError, ValueError) as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+
+
 def check_config(cfg, subcommand: str | None) -> None:
     """Everything above, on the parsed config of one subcommand (`SageCLI.before_instantiate_classes`)."""
     check_model_specs(_get(cfg, "model"))
@@ -255,9 +294,7 @@ def check_config(cfg, subcommand: str | None) -> None:
     grad_clip = _get(cfg, "model.grad_clip")
     if grad_clip is not None:
         check_range("model.grad_clip", grad_clip, 0.0, low_open=True, or_null=True)
-    for key in ("optimizer", "lr_scheduler"):
-        if _get(cfg, key) is not None:
-            raise ConfigError(f"{key}={_get(cfg, key + '.class_path')!r}: set model.{key} instead")
+    check_splits(_get(cfg, "data"))
     check_optimizer(_get(cfg, "model.optimizer"), _get(cfg, "model.lr_scheduler"))
     for key in ("evaluation.results_file", "evaluation.history_file", "transcripts.dirname"):
         check_file_name(key, _get(cfg, key))

@@ -33,6 +33,7 @@ OBJECTIVES: tuple[str, ...] = get_args(Objective)
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
 INITS: tuple[str, ...] = get_args(Init)
 DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 # Judge labels usable from a config and their gate g_t (the judge maps a label to its weight by name).
 GATE_LABELS = {"SKIP": "0", "WEAK": "weak_weight", "STRONG": "1", "INTERVENE": "1"}
 
@@ -104,7 +105,8 @@ class ModelSpec:
     gradient_checkpointing: bool = False
     """Recompute activations in backward (less memory, ~1/3 more compute)."""
     attn_implementation: str | None = None
-    """transformers attention ("sdpa", "eager"; rollouts need one of those two); null = its default."""
+    """transformers attention, "sdpa" or "eager" (the rollout's ragged masks need one of them); null = its
+    default."""
     init: Init = "pretrained"
     """random: the architecture of name_or_path's config with random weights (throughput and memory
     benchmarks at real shapes; never for success rates)."""
@@ -114,6 +116,9 @@ class ModelSpec:
         check_choice("init", self.init, INITS)
         if self.num_layers is not None:
             check_range("num_layers", self.num_layers, 1, or_null=True)
+        check_range("seed", self.seed, 0)
+        if self.attn_implementation is not None:
+            check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
 
 
 @dataclass
