@@ -71,7 +71,7 @@ def _on_sigterm(signum, frame) -> None:
     if first:
         _state["requested_at"] = time.monotonic()
     if not _state["working"]:
-        raise Preempted("before any work began; nothing to keep")
+        raise Preempted("before the first turn was played")
     if first:
         print("sage: SIGTERM: stopping at the next turn or optimizer-step boundary, then saving", file=sys.stderr,
               flush=True)

@@ -254,16 +254,23 @@ def test_experiment_matrix_missing_or_unreadable(tmp_path, monkeypatch, capsys, 
 
 def test_outputs_go_under_the_root_the_user_gives(tmp_path):
     """`--trainer.default_root_dir` alone moves the whole run folder (base.yaml's logger follows it);
-    nothing is written into the working directory."""
+    nothing is written into the working directory. Without a terminal every phase still prints its
+    summary line, on a line of its own, every epoch."""
     cwd, root = tmp_path / "checkout", tmp_path / "scratch"
     cwd.mkdir()
-    args = sage_args(root, "--data.train_games", "1", "--data.max_turns", "1")
+    args = sage_args(root, "--data.train_games", "1", "--data.max_turns", "1", "--trainer.max_epochs", "2")
     args = args[: args.index("--trainer.logger.init_args.save_dir")]  # only the root
+    env = {k: v for k, v in os.environ.items() if k != "SAGE_PROGRESS"}
     proc = subprocess.run([sys.executable, "-m", "sage.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (root / "opd" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert [p.name for p in (root / "opd" / "version_0" / "checkpoints").iterdir()] == ["last.ckpt"]
     assert not any(cwd.iterdir())
+    lines = proc.stdout.splitlines()
+    for phase in ("[rollout]", "[teacher]", "[train]"):
+        assert sum(line.startswith(phase) for line in lines) == 2, (phase, proc.stdout[-3000:])
+    assert "\r" not in proc.stdout  # no progress bar in a log file
 
 
 def test_a_run_that_fails_before_training_leaves_no_version_folder(tmp_path, monkeypatch, capsys):
