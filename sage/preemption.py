@@ -123,6 +123,9 @@ class Preemption(L.Callback):
         if trainer.state.fn != "fit":
             exception.outcome = f", {seconds_since_request():.1f} s after the signal; no results written"
             return
+        if not _state["working"]:  # models may be half built: nothing to save, and nothing was done
+            exception.outcome = "; nothing was played or trained, so nothing was written"
+            return
         from sage.checkpointing import LastCheckpoint
 
         ckpt = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint) and c.enabled), None)
