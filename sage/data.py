@@ -272,6 +272,8 @@ class SageDataModule(L.LightningDataModule):
         self._epoch_file = self._epoch_path(epoch)
         if self._epoch_file is not None:
             _save_atomically(episodes, self._epoch_file)
+        if partial is not None:  # the whole rollout is kept now
+            Path(resume["partial_file"]).unlink(missing_ok=True)
         return episodes, 0
 
     # -- evaluation -----------------------------------------------------------------------------------
