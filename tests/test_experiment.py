@@ -143,7 +143,7 @@ def test_runs_resumes_and_reports_failures(fake, capsys, monkeypatch):
     assert "[opd/seed_1] skipped" in log and "[opd/seed_2] unfinished run found" in log
     assert (runs / "opd/seed_1/eval_results.json").stat().st_mtime_ns == stamp
     assert not (runs / "opd/seed_2/stray.txt").exists() and (runs / "opd/seed_2/eval_results.json").exists()
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError):
         experiment.main(["--matrix", str(fake), "--only", "nope"])
 
 
