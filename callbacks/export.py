@@ -30,11 +30,24 @@ def export_student(module, dirpath: str | Path, adapter_only: bool = False) -> P
 
 
 class ExportStudent(L.Callback):
-    def __init__(self, dirpath: str = "runs/student", adapter_only: bool = False) -> None:
+    """The weights-only export of the final student (`sage fit ... --export.enabled true`): a Hugging Face
+    folder of the merged student weights and the tokenizer, ~4 bytes per parameter (no optimizer state).
+
+    Args:
+        enabled: export at the end of ``fit`` (also implied by ``dirpath``).
+        dirpath: where; null = ``<run folder>/student``.
+        adapter_only: LoRA students: the adapter alone (peft's adapter_config.json + safetensors), not merged.
+    """
+
+    def __init__(self, enabled: bool = False, dirpath: str | None = None, adapter_only: bool = False) -> None:
+        self.enabled = enabled or dirpath is not None
         self.dirpath = dirpath
         self.adapter_only = adapter_only
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
+        out = self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "student"  # a collective under DDP
         if trainer.is_global_zero:
-            print(f"exported the student to {export_student(pl_module, self.dirpath, self.adapter_only)}", flush=True)
+            print(f"exported the student to {export_student(pl_module, out, self.adapter_only)}", flush=True)
         trainer.strategy.barrier()

@@ -5,11 +5,15 @@ report, ALFWorld evaluation and episode-log callbacks are always present and are
 YAML keys `ablation:`, `evaluation:` and `episode_log:`. `sage experiment` runs a
 whole method x ablation x seed matrix (see `sage.experiment`).
 
-Bad input (see README, "When something is wrong") ends `sage` with one message and exit code 2: a bad
-key or value is rejected by the parser with the allowed ones; a value the classes refuse while being
-built, and every `sage.errors.InputError` (missing data, unknown model, offline hub id, tokenizer or
-checkpoint mismatch, corrupt game file), is printed alone, without a traceback (``SAGE_TRACEBACK=1``
-shows it).
+Bad input (see README, "When something is wrong") ends `sage` with one line and exit code 2, before any
+model loads: the parser's refusals (type, choice, unknown key) and `sage.settings.check_config` (ranges,
+paths, checkpoint files) run on the parsed config; a value the classes refuse while being built, and
+every `sage.errors.InputError` (missing data, unknown model, offline hub id, tokenizer or checkpoint
+mismatch, corrupt game file), is printed alone, without a traceback (``SAGE_TRACEBACK=1`` shows it).
+
+A run writes under ``trainer.default_root_dir`` (the logger's ``save_dir`` follows it unless set);
+a run that fails before training starts removes the version folder it created (`sage.run_folder`).
+SIGTERM: `sage.preemption` (exit code 143).
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ import warnings
 from pathlib import Path
 
 from jsonargparse import set_parsing_settings
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from callbacks import AblationReport, AlfworldEvaluation, EpisodeLog
+from callbacks import AblationReport, AlfworldEvaluation, EpisodeLog, ExportStudent
+from sage import preemption
+from sage.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from sage.data import SageDataModule
 from sage.errors import InputError
 from sage.module import SageModule
+from sage.progress import TrainSummary, interactive
+from sage.run_folder import drop_if_unstarted, new_run_dir
+from sage.settings import SageArgumentParser, check_config, refused
 
 # Field docstrings of the typed specs (sage.specs) become the descriptions `sage fit --help` prints.
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
@@ -52,9 +62,14 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 # - a resumed or validating run writes into its own version folder; Lightning warns that the checkpoint
 #   callbacks' best-k bookkeeping is not carried over from the old folder (they monitor nothing here);
 warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-# - Lightning's advertisement for its cloud logger, printed at every run start.
+# - Lightning's advertisement for its cloud logger, printed at every run start;
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.getMessage()).startswith("💡 Tip: For seamless cloud logging")
+)
+# - "Seed set to N", printed on stderr before the classes check their arguments, so a refused value would
+#   come with a second line (the seed is in the run's config.yaml).
+logging.getLogger("lightning.fabric.utilities.seed").addFilter(
+    lambda record: not str(record.getMessage()).startswith("Seed set to")
 )
 
 TRAINER_DEFAULTS = {
@@ -70,6 +85,8 @@ class SageCLI(LightningCLI):
         parser.add_lightning_class_args(AblationReport, "ablation")
         parser.add_lightning_class_args(AlfworldEvaluation, "evaluation")
         parser.add_lightning_class_args(EpisodeLog, "episode_log")
+        parser.add_lightning_class_args(LastCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ExportStudent, "export")
 
     def instantiate_trainer(self, **kwargs):
         """The trainer's bar is tqdm's, like the bars of the phases outside its loop (rollout, judge,
@@ -79,9 +96,29 @@ class SageCLI(LightningCLI):
         trainer = self.config_init.get(str(self.subcommand), self.config_init).get("trainer") or {}
         configured = trainer.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
-        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
-            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [TQDMProgressBar()]}
+        extra = [preemption.Preemption(), TrainSummary()]
+        if not any(isinstance(c, ProgressBar) for c in configured):
+            if trainer.get("enable_progress_bar") is None and not interactive():
+                kwargs["enable_progress_bar"] = False  # a bar in a log file is carriage-return noise
+            elif trainer.get("enable_progress_bar") is not False:
+                extra.append(TQDMProgressBar())
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": extra}
+        plugins = trainer.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        self._run_dir = new_run_dir(trainer.get("logger"))
         return super().instantiate_trainer(**kwargs)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """A run that fails before it trained or played anything removes the version folder it created
+        (`sage.run_folder.drop_if_unstarted`)."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if self.trainer.is_global_zero:
+                drop_if_unstarted(self._run_dir)
+            raise
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         """`validate`/`test` print the project's own results table (callbacks.AlfworldEvaluation), so
@@ -105,17 +142,25 @@ class SageCLI(LightningCLI):
         Lightning 2.6.6 offers no public switch for this: the override of its private ``_parse_ckpt_path``
         (a no-op here) is the only way; re-check it when upgrading Lightning."""
 
-    def before_instantiate_classes(self) -> None:
-        """Check the ALFWorld data before any model is loaded: a missing or empty data root or split
-        fails in seconds, before anything is written, instead of after the models load."""
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then check every setting (`sage.settings.check_config`) and the ALFWorld data before
+        anything else runs or prints: a missing or empty data root or split fails in seconds, before
+        anything is written, instead of after the models load."""
         from sage.envs import find_games
 
-        cfg = self.config.get(str(self.subcommand), self.config)
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand") if "subcommand" in self.config else None
+        cfg = self.config.get(str(subcommand), self.config) if subcommand else self.config
+        check_config(cfg, subcommand)
+        logger = cfg.get("trainer", {}).get("logger")
+        init = logger.get("init_args") if hasattr(logger, "get") else None
+        if init is not None and init.get("save_dir") is None and "save_dir" in init:
+            init["save_dir"] = cfg["trainer"].get("default_root_dir") or "runs"  # outputs go where the user says
         data = cfg.get("data")
         if data is None:
             return
         splits = list(data.get("val_splits") or ["valid_seen", "valid_unseen"])
-        if self.subcommand in (None, "fit"):
+        if subcommand in (None, "fit"):
             splits.append(data.get("train_split") or "train")
         for split in dict.fromkeys(splits):
             find_games(split, data.get("data_root"), limit=1)
@@ -123,8 +168,9 @@ class SageCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, OSError) as exc:  # a value the classes refuse: the user's config, not a bug
-            exc.sage_config_error = True
+        except Exception as exc:
+            if refused(exc):  # a value the classes refuse: the user's config, not a bug
+                exc.sage_config_error = True
             raise
 
 
@@ -141,6 +187,9 @@ def cli(args=None, run: bool = True) -> SageCLI:
     return SageCLI(
         SageModule,
         SageDataModule,
+        trainer_class=preemption.SageTrainer,
+        auto_configure_optimizers=False,  # the module takes model.optimizer / model.lr_scheduler itself
+        parser_class=SageArgumentParser,
         trainer_defaults=TRAINER_DEFAULTS,
         save_config_kwargs={"overwrite": True},
         parser_kwargs=_base_config_kwargs(run),
@@ -162,6 +211,7 @@ def _message(exc: BaseException) -> str:
 
 
 def main() -> None:
+    preemption.install()
     try:
         if len(sys.argv) > 1 and sys.argv[1] == "experiment":
             from sage.experiment import main as experiment_main
@@ -174,6 +224,9 @@ def main() -> None:
             view_main(sys.argv[2:])
             return
         cli()
+    except preemption.Preempted as exc:
+        print(f"sage: {exc}", file=sys.stderr, flush=True)
+        sys.exit(preemption.EXIT_CODE)
     except Exception as exc:
         if os.environ.get("SAGE_TRACEBACK") or not (isinstance(exc, InputError) or getattr(exc, "sage_config_error", False)):
             raise

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from sage import preemption
 from sage.distill.annotate import Annotator
 from sage.distributed import shard, world
 from sage.envs import (
@@ -38,9 +39,9 @@ from sage.envs import (
 from sage.epoch import Epoch, EpochPlanner, publish
 from sage.io import atomic_path
 from sage.plan import MicroBatch
-from sage.rollout.player import Player
+from sage.rollout.player import PartialPlay, Player, PlayStopped
 from sage.rollout.records import Episode
-from sage.specs import DATA_SOURCES, DaggerSpec, DataSource, GateSpec, RolloutSpec, check_choice
+from sage.specs import DATA_SOURCES, DaggerSpec, DataSource, GateSpec, RolloutSpec, check_choice, check_range
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,14 @@ class SageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_choice("data.source", source, DATA_SOURCES)
+        for key, value, low, optional in (
+            ("train_games", train_games, 1, False), ("rollout_batch", rollout_batch, 1, True),
+            ("val_games", val_games, 1, True), ("val_batch", val_batch, 1, True), ("max_turns", max_turns, 1, False),
+            ("env_workers", env_workers, 0, False), ("samples_per_step", samples_per_step, 1, False),
+            ("max_tokens_per_micro_batch", max_tokens_per_micro_batch, 1, False), ("seed", seed, 0, False),
+        ):
+            if not (optional and value is None):
+                check_range(f"data.{key}", value, low, or_null=optional)
         self.data_root = data_root
         self.train_split = canonical_split(train_split)
         self.train_games = train_games
@@ -166,9 +175,11 @@ class SageDataModule(L.LightningDataModule):
         self.student = self.teacher = self.tokenizer = None
         self.annotator: Annotator | None = None
         self.normalize: str | None = None
-        self._epoch: Epoch | None = None  # the epoch being trained (its index is saved for resume)
+        self._epoch: Epoch | None = None  # the epoch being trained
         self._own_pool = False
         self._epoch_file: Path | None = None
+        self._epoch_index: int | None = None  # the epoch whose rollout `_epoch_file` (or the partial file) holds
+        self._partial_file: Path | None = None  # a rollout stopped by SIGTERM, kept for the resume
         self._resume: dict | None = None
         self._round_stats: dict[str, float] = {}  # source=dagger: the latest round's data statistics
 
@@ -194,6 +205,14 @@ class SageDataModule(L.LightningDataModule):
             self._own_pool = True
         if self.player is None or self.player.pool is not self.pool:
             self.player = Player(self.pool, self.prompt, self.rollout_spec, self.rollout_batch)
+        self.player.stop = self._stop_at_turn
+
+    @staticmethod
+    def _stop_at_turn() -> bool:
+        """Checked at every turn boundary of a rollout: once turns are being played there is work to
+        keep, so SIGTERM from here on stops at a boundary instead of at once (`sage.preemption`)."""
+        preemption.work_started()
+        return preemption.stop_now()
 
     def teardown(self, stage: str | None = None) -> None:
         if self.pool is not None and self._own_pool:
@@ -218,8 +237,9 @@ class SageDataModule(L.LightningDataModule):
         rank, size = world()
         return shard(games, rank, size)
 
-    def collect(self, epoch: int) -> list[Episode]:
-        """This epoch's episodes from the configured source (failed environment workers left out)."""
+    def collect(self, epoch: int, resume: PartialPlay | None = None) -> list[Episode]:
+        """This epoch's episodes from the configured source (failed environment workers left out);
+        ``resume``: the part of this epoch's rollout played before a SIGTERM."""
         self.setup()
         student, teacher, tokenizer = self.student, self.teacher, self.tokenizer
         games = self.epoch_games(epoch)
@@ -234,10 +254,10 @@ class SageDataModule(L.LightningDataModule):
         elif self.source == "teacher":
             if teacher is None:
                 raise ValueError("data.source=teacher needs model.teacher")
-            episodes = self.player.play(teacher, tokenizer, games, greedy=False, seed=seed)
+            episodes = self.player.play(teacher, tokenizer, games, greedy=False, seed=seed, resume=resume)
             episodes = [ep for ep in episodes if ep.won] if self.teacher_won_only else episodes
         else:
-            episodes = self.player.play(student, tokenizer, games, greedy=False, seed=seed)
+            episodes = self.player.play(student, tokenizer, games, greedy=False, seed=seed, resume=resume)
         return [ep for ep in episodes if ep.error is None]
 
     def _dagger_round(self, epoch, games, model, tokenizer, seed) -> list[Episode]:
@@ -275,35 +295,52 @@ class SageDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         """Saved in every checkpoint: where this epoch's rollouts are kept and how many of its items
         (micro-batches) were trained, so a resumed run continues the same epoch with the same samples."""
-        if self._epoch is None or self._epoch_file is None:
+        if self._partial_file is not None:  # stopped by SIGTERM inside the rollout
+            return {"epoch": self._epoch_index, "partial_file": str(self._partial_file), "items_done": 0}
+        if self._epoch_file is None:
             return {}
+        built = self._epoch is not None and self._epoch.index == self._epoch_index
         # Lightning 2.6.6 has no public count of the batches trained in the current epoch: its fit loop's
         # progress tracker is the one place that holds it (and restores it on resume).
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self._epoch.index, "episodes_file": str(self._epoch_file), "items_done": int(done)}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if built else 0
+        return {"epoch": self._epoch_index, "episodes_file": str(self._epoch_file), "items_done": int(done)}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state) or None
 
-    def _epoch_path(self, epoch: int) -> Path | None:
+    def _epoch_path(self, epoch: int, kind: str = "") -> Path | None:
         log_dir = self.trainer.log_dir or self.trainer.default_root_dir
         if log_dir is None:
             return None
         rank, size = world()
-        return Path(log_dir) / "epoch_data" / f"epoch_{epoch:03d}{f'_rank{rank}' if size > 1 else ''}.pt"
+        return Path(log_dir) / "epoch_data" / f"epoch_{epoch:03d}{kind}{f'_rank{rank}' if size > 1 else ''}.pt"
 
     def _episodes_for(self, epoch: int) -> tuple[list[Episode], int]:
         """This epoch's rollouts and the items already trained: kept ones when resuming this epoch,
         fresh ones (saved beside the checkpoints, atomically) otherwise."""
         resume, self._resume = self._resume, None
-        if resume and resume.get("epoch") == epoch and Path(resume["episodes_file"]).is_file():
-            self._epoch_file = Path(resume["episodes_file"])
+        if resume and resume.get("epoch") == epoch and Path(resume.get("episodes_file", "")).is_file():
+            self._epoch_file, self._epoch_index = Path(resume["episodes_file"]), epoch
             return torch.load(self._epoch_file, weights_only=False), int(resume["items_done"])
-        episodes = self.collect(epoch)
+        partial = None
+        if resume and resume.get("epoch") == epoch and Path(resume.get("partial_file", "")).is_file():
+            partial = torch.load(resume["partial_file"], weights_only=False)
+            log.info("resuming the rollout of epoch %d after its first %d turns", epoch, partial.turns)
+        self._partial_file, self._epoch_file, self._epoch_index = None, None, epoch
+        try:
+            episodes = self.collect(epoch) if partial is None else self.collect(epoch, partial)
+        except PlayStopped as stopped:
+            self._partial_file = self._epoch_path(epoch, "_partial")
+            if self._partial_file is not None:
+                _save_atomically(stopped.partial, self._partial_file)
+            raise preemption.Preempted(
+                f"in the rollout of epoch {epoch} after {stopped.partial.turns} turns (kept in {self._partial_file})"
+            ) from None
         self._epoch_file = self._epoch_path(epoch)
         if self._epoch_file is not None:
-            with atomic_path(self._epoch_file) as tmp:
-                torch.save(episodes, tmp)
+            _save_atomically(episodes, self._epoch_file)
+        if partial is not None:  # the whole rollout is kept now
+            Path(resume["partial_file"]).unlink(missing_ok=True)
         return episodes, 0
 
     # -- evaluation -----------------------------------------------------------------------------------
@@ -328,6 +365,11 @@ class SageDataModule(L.LightningDataModule):
             return []
         with self.trainer.precision_plugin.forward_context():
             return self.player.play(self.student, self.tokenizer, games, greedy=True, label=label)
+
+
+def _save_atomically(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def balanced(games: list[GameInfo], n: int | None) -> list[GameInfo]:

@@ -9,6 +9,20 @@ what is allowed. The `sage` command prints such an error as one line instead of 
 
 from __future__ import annotations
 
+import argparse
+
 
 class InputError(Exception):
     """Marker base class: the user's input is wrong, and the message says what to change."""
+
+
+class UsageError(InputError, ValueError):
+    """A command-line argument the parser refuses."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose refusals are one `UsageError` line (``sage experiment``, ``sage view``) instead of
+    the usage block and an error line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")

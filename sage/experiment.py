@@ -24,7 +24,9 @@ from pathlib import Path
 
 import yaml
 
+from sage.errors import ArgumentParser, InputError, UsageError
 from sage.io import write_atomic
+from sage.paths import check_writable_dir
 
 DONE_FILE = "eval_results.json"
 
@@ -75,8 +77,34 @@ def _cli_value(value) -> str:
     return str(value)
 
 
+class MatrixError(InputError, ValueError):
+    """A --matrix file that is missing, unreadable or not a matrix."""
+
+
+def _read_matrix(path: str | Path) -> dict:
+    """The matrix YAML as a mapping with a ``cells`` mapping, or one `MatrixError` line saying why not."""
+    p = Path(path)
+    if not p.is_file():
+        raise MatrixError(f"--matrix={str(path)!r}: no such file (e.g. configs/experiments/cpu_small.yaml)")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MatrixError(f"--matrix={str(path)!r} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise MatrixError(f"--matrix={str(path)!r} is not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), dict) or not raw["cells"]:
+        raise MatrixError(f"--matrix={str(path)!r} is not a matrix: it needs a `cells:` mapping of cell name -> "
+                          "{configs, args, fit, seeds} (see configs/experiments/cpu_small.yaml)")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(x, int) and x >= 0 for x in seeds):
+        raise MatrixError(f"--matrix={str(path)!r}: seeds={seeds!r} must be a list of integers >= 0")
+    return raw
+
+
 def load_matrix(path: str | Path) -> Matrix:
-    raw = yaml.safe_load(Path(path).read_text())
+    raw = _read_matrix(path)
     cells = []
     for name, spec in raw["cells"].items():
         spec = spec or {}
@@ -92,8 +120,6 @@ def load_matrix(path: str | Path) -> Matrix:
                 None if seeds is None else [int(x) for x in seeds],
             )
         )
-    if not cells:
-        raise ValueError(f"{path}: no cells")
     return Matrix(
         name=raw.get("name", Path(path).stem),
         output=Path(raw.get("output", f"runs/experiments/{Path(path).stem}")),
@@ -217,7 +243,7 @@ def finish(matrix: Matrix, cells: list[Cell]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sage experiment", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="sage experiment", description=__doc__.split("\n\n")[0])
     p.add_argument("--matrix", required=True, help="matrix YAML, e.g. configs/experiments/cpu_small.yaml")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument(
@@ -232,9 +258,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(argv: list[str] | None = None) -> int:
     """The CLI without exiting: returns 0, or 1 when any run failed."""
     a = parse_args(argv)
+    if a.seeds and min(a.seeds) < 0:
+        raise UsageError(f"sage experiment: --seeds={a.seeds} must be integers >= 0")
     matrix = load_matrix(a.matrix)
     if a.output:
         matrix.output = Path(a.output)
+    check_writable_dir("--output" if a.output else "the matrix's output", matrix.output)
     if a.seeds:  # also replaces the cells' own seed lists
         matrix.seeds = a.seeds
         for cell in matrix.cells:
@@ -242,7 +271,7 @@ def run(argv: list[str] | None = None) -> int:
     names = [c.name for c in matrix.cells]
     unknown = sorted(set(a.only or []) - set(names))
     if unknown:
-        raise SystemExit(f"unknown cell(s) {unknown}; the matrix has {names}")
+        raise UsageError(f"sage experiment: unknown cell(s) {unknown} in --only; the matrix has {names}")
     by_name = {c.name: c for c in matrix.cells}
     todo = [by_name[n] for n in dict.fromkeys(a.only)] if a.only else matrix.cells  # in the order given
     if a.dry_run:

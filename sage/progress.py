@@ -2,8 +2,11 @@
 evaluation rollouts.
 
 On a terminal each phase shows a tqdm bar (the library Lightning's default bar uses), rank 0 only;
-when stdout is not a terminal (CI, log files) there is no bar, only the one summary line each phase
-prints when it ends. ``SAGE_PROGRESS=0`` turns the bars off, ``=1`` forces them on.
+when stdout is not a terminal (CI, log files) there is no bar (Lightning's is off too, `sage.cli`), only
+the one summary line each phase prints when it ends, every epoch; training prints its own (`TrainSummary`).
+Lines go through ``tqdm.write``, so on a terminal they never land inside a bar's line.
+``SAGE_PROGRESS=0`` turns the bars off, ``=1`` forces them on. After SIGTERM a phase stops at its next
+update (`sage.preemption`).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import os
 import sys
 import time
 
+import lightning as L
 from tqdm.auto import tqdm
 
+from sage import preemption
 from sage.distributed import world
 
 
-def _interactive() -> bool:
+def interactive() -> bool:
     forced = os.environ.get("SAGE_PROGRESS")
     if forced is not None:
         return forced not in ("0", "", "false", "False")
@@ -29,10 +34,12 @@ class Phase:
     phase's summary line once, on rank 0, bar or not."""
 
     def __init__(self, name: str, total: int | None, unit: str) -> None:
+        if preemption.stop_now():
+            raise preemption.Preempted(f"before the {name} pass")
         self.name, self.t0 = name, time.perf_counter()
         self.rank0 = world()[0] == 0
         self.bar = None
-        if self.rank0 and _interactive():
+        if self.rank0 and interactive():
             self.bar = tqdm(total=total, desc=name, unit=unit, leave=False, dynamic_ncols=True, file=sys.stdout)
 
     @property
@@ -40,6 +47,8 @@ class Phase:
         return time.perf_counter() - self.t0
 
     def update(self, n: int = 1, **fields) -> None:
+        if preemption.stop_now():
+            raise preemption.Preempted(f"in the {self.name} pass")
         if self.bar is not None:
             self.bar.update(n)
             if fields:
@@ -53,10 +62,31 @@ class Phase:
     def close(self, summary: str) -> None:
         self._drop_bar()
         if self.rank0:
-            print(f"[{self.name}] {summary} ({self.seconds:.1f} s)", flush=True)
+            say(f"[{self.name}] {summary} ({self.seconds:.1f} s)")
 
     def __enter__(self) -> Phase:
         return self
 
     def __exit__(self, *exc) -> None:
         self._drop_bar()  # after close() a no-op; after an exception, no summary line
+
+
+def say(line: str) -> None:
+    """One line on stdout that starts a line of its own, bars or not."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+class TrainSummary(L.Callback):
+    """``[train] epoch E: S optimizer steps, loss L (T s)`` at every epoch end, rank 0."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.t0, self.step0 = time.perf_counter(), trainer.global_step
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or not hasattr(self, "t0"):
+            return
+        loss = trainer.callback_metrics.get("train/loss_epoch")
+        loss_text = f", loss {float(loss):.4g}" if loss is not None else ""
+        say(f"[train] epoch {trainer.current_epoch}: {trainer.global_step - self.step0} optimizer steps{loss_text} "
+            f"({time.perf_counter() - self.t0:.1f} s)")

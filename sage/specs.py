@@ -33,6 +33,7 @@ OBJECTIVES: tuple[str, ...] = get_args(Objective)
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
 INITS: tuple[str, ...] = get_args(Init)
 DTYPE_NAMES: tuple[str, ...] = get_args(DtypeName)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 # The one table of judge labels usable from a config and their gate g_t (WEAK: GateSpec.weak_weight).
 WEAK_WEIGHT = "weak_weight"
 GATE_LABELS: dict[str, float | str] = {"SKIP": 0.0, "WEAK": WEAK_WEIGHT, "STRONG": 1.0, "INTERVENE": 1.0}
@@ -49,17 +50,19 @@ def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def check_range(key: str, value: float, low: float | None = None, high: float | None = None,
-                low_open: bool = False) -> None:
-    """``low <= value <= high`` (``low < value`` with ``low_open``), else one message naming the key."""
-    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+                low_open: bool = False, or_null: bool = False, high_open: bool = False) -> None:
+    """``low <= value <= high`` (``low < value`` with ``low_open``, ``value < high`` with ``high_open``),
+    else one message naming the key (``or_null``: the message adds that null is allowed too)."""
+    bad = (low is not None and (value <= low if low_open else value < low)) or (
+        high is not None and (value >= high if high_open else value > high))
     if bad:
         if low is not None and high is not None:
-            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         elif low is not None:
             allowed = f"{'>' if low_open else '>='} {low:g}"
         else:
-            allowed = f"<= {high:g}"
-        raise SpecError(f"{key}={value!r} must be {allowed}")
+            allowed = f"{'<' if high_open else '<='} {high:g}"
+        raise SpecError(f"{key}={value!r} must be {allowed}{' or null' if or_null else ''}")
 
 
 def check_temperature(value: float, key: str = "temperature") -> None:
@@ -78,6 +81,11 @@ class LoraSpec:
     """Dropout on the adapter input."""
     target_modules: list[str] | str = "all-linear"
     """Modules to adapt; "all-linear" adapts every linear layer except the LM head."""
+
+    def __post_init__(self) -> None:
+        check_range("lora.r", self.r, 1)
+        check_range("lora.alpha", self.alpha, 0, low_open=True)
+        check_range("lora.dropout", self.dropout, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -98,7 +106,8 @@ class ModelSpec:
     gradient_checkpointing: bool = False
     """Recompute activations in backward (less memory, ~1/3 more compute)."""
     attn_implementation: str | None = None
-    """transformers attention ("sdpa", "eager"; rollouts need one of those two); null = its default."""
+    """transformers attention, "sdpa" or "eager" (the rollout's ragged masks need one of them); null = its
+    default."""
     init: Init = "pretrained"
     """random: the architecture of name_or_path's config with random weights (throughput and memory
     benchmarks at real shapes; never for success rates)."""
@@ -106,6 +115,11 @@ class ModelSpec:
     def __post_init__(self) -> None:
         check_choice("dtype", self.dtype, DTYPE_NAMES)
         check_choice("init", self.init, INITS)
+        if self.num_layers is not None:
+            check_range("num_layers", self.num_layers, 1, or_null=True)
+        check_range("seed", self.seed, 0)
+        if self.attn_implementation is not None:
+            check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
 
 
 @dataclass

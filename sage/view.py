@@ -8,7 +8,6 @@ an episode is expanded, which keeps a paper-scale epoch (128 episodes x 50 turns
 
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import json
@@ -17,6 +16,8 @@ import re
 import sys
 from pathlib import Path
 
+from sage.errors import ArgumentParser
+from sage.paths import check_writable_dir
 from sage.view_page import CSS, JS
 
 EPISODE_FILE = re.compile(r"epoch_(\d+)(?:_rank(\d+))?\.jsonl$")
@@ -171,12 +172,18 @@ def default_out(run_dir: Path, epoch: int | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="sage view", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="sage view", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="runs/<name>/version_N (holding episodes/epoch_*.jsonl)")
     parser.add_argument("--epoch", type=int, default=None, help="only this epoch (default: every epoch)")
     parser.add_argument("--out", type=Path, default=None, help="output file (default: RUN_DIR/viewer[_epoch_K].html)")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
+    if args.epoch is not None and args.epoch < 0:
+        parser.error(f"--epoch={args.epoch} must be >= 0")
+    if not args.run_dir.is_dir():
+        parser.error(f"run_dir={str(args.run_dir)!r}: no such folder (give runs/<name>/version_N)")
+    if args.out is not None:
+        check_writable_dir("--out", args.out.parent)
     try:
         episodes, summary = load_run(args.run_dir, args.epoch)
     except (FileNotFoundError, ValueError) as err:

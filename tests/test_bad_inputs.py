@@ -108,8 +108,9 @@ def untouched(earlier_run):
     assert {k: after.get(k) for k in before if k != REWRITTEN_ON_REUSE} == {
         k: v for k, v in before.items() if k != REWRITTEN_ON_REUSE}
     assert_no_half_files(earlier_run)
-    for new in run_dirs(earlier_run) - dirs:
+    for new in run_dirs(earlier_run) - dirs:  # a run that trained before it failed keeps its folder
         assert not (earlier_run / "opd" / new / "checkpoints").exists()
+        assert (earlier_run / "opd" / new / "epoch_data").exists(), f"{new}: a config-only folder was left"
         shutil.rmtree(earlier_run / "opd" / new)
 
 
@@ -166,23 +167,23 @@ def test_corrupt_game_file_is_named(untouched, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     "option, bad, allowed",
     [
-        ("--model.loss.divergence", "kl", "'reverse_kl', 'sampled_reverse_kl', 'forward_kl', 'jsd'"),
-        ("--model.loss.normalize", "sum", "'weighted', 'opd'"),
-        ("--model.gate.mode", "oracle", "'teacher_judge', 'always', 'feedback_rule'"),
-        ("--model.confidence.kind", "entropy", "'max_prob', 'neg_entropy', 'none'"),
-        ("--data.rollout.context_mode", "chat", "'window', 'transcript'"),
+        ("--model.loss.divergence", "kl", "reverse_kl, sampled_reverse_kl, forward_kl, jsd"),
+        ("--model.loss.normalize", "sum", "weighted, opd"),
+        ("--model.gate.mode", "oracle", "teacher_judge, always, feedback_rule"),
+        ("--model.confidence.kind", "entropy", "max_prob, neg_entropy, none"),
+        ("--data.rollout.context_mode", "chat", "window, transcript"),
     ],
 )
 def test_unknown_choice_names_the_value_and_the_choices(tmp_path, monkeypatch, capsys, option, bad, allowed):
     code, err = run_sage(sage_args(tmp_path, option, bad), monkeypatch, capsys)
-    assert code == 2 and f"Got value: {bad}" in err and allowed in err
+    assert code == 2 and err.strip() == f"sage: error: {option[2:]}={bad!r}: expected one of {allowed}"
     assert not any(tmp_path.iterdir())
 
 
 def test_unknown_config_key(tmp_path, monkeypatch, capsys):
     code, err = run_sage(sage_args(tmp_path, "--data.trian_games", "3"), monkeypatch, capsys)
     assert code == 2 and "unrecognized arguments: --data.trian_games 3" in err
-    assert "--data.train_games" in err  # the usage lists the keys that exist
+    assert "did you mean --data.train_games?" in err and len(err.strip().splitlines()) == 1
     cfg = tmp_path / "typo.yaml"
     cfg.write_text("data:\n  trian_games: 3\n")
     code, err = run_sage(sage_args(tmp_path, "--config", str(cfg)), monkeypatch, capsys)
@@ -201,6 +202,84 @@ def test_sft_with_specs_it_would_ignore_is_refused(tmp_path, monkeypatch, capsys
                          monkeypatch, capsys)
     assert code == 2 and "model.objective=sft trains every served token with weight 1" in err
     assert "model.gate.mode='teacher_judge'" in err and "configs/sft.yaml" in err
+
+
+# -- numbers, files and folders (issue 20's table), all before any model loads ----------------------------
+@pytest.mark.parametrize(
+    "args, command, line",
+    [
+        (["--data.train_games", "-3"], "fit", "data.train_games=-3 must be >= 1"),
+        (["--data.train_games", "0"], "fit", "data.train_games=0 must be >= 1"),
+        (["--data.samples_per_step", "0"], "fit", "data.samples_per_step=0 must be >= 1"),
+        (["--data.max_turns", "0"], "fit", "data.max_turns=0 must be >= 1"),
+        (["--data.val_games", "0"], "validate", "data.val_games=0 must be >= 1 or null"),
+        (["--ckpt_path", "/tmp/nope.ckpt"], "fit",
+         "ckpt_path='/tmp/nope.ckpt': no such file; checkpoints are at <run>/checkpoints/last.ckpt"),
+        (["--model.optimizer.init_args.lr", "fast"], "fit", "model.optimizer.init_args.lr='fast': expected a number"),
+        (["--model.optimizer.init_args.lr", "-1"], "fit", "model.optimizer.init_args.lr=-1.0 must be > 0"),
+    ],
+    ids=["train_games_negative", "train_games_zero", "samples_per_step", "max_turns", "val_games", "ckpt_missing",
+         "lr_type", "lr_range"],
+)
+def test_bad_number_or_file_is_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys, args, command, line):
+    import sage.models
+
+    loaded = []
+    monkeypatch.setattr(sage.models, "load_model", lambda *a, **k: loaded.append(a) or pytest.fail("a model loaded"))
+    code, err = run_sage(sage_args(tmp_path, *args, command=command), monkeypatch, capsys)
+    assert code == 2 and err.strip() == f"sage: error: {line}"
+    assert not loaded and not any(tmp_path.iterdir())  # no version folder, nothing written
+
+
+def test_checkpoint_path_that_is_not_a_checkpoint(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "notes.ckpt"
+    bad.write_text("not a checkpoint")
+    code, err = run_sage(sage_args(tmp_path / "out", "--ckpt_path", str(bad)), monkeypatch, capsys)
+    assert code == 2 and err.strip() == (f"sage: error: ckpt_path={str(bad)!r} is not a checkpoint written by "
+                                         "sage/torch.save (not a zip archive)")
+
+
+@pytest.mark.parametrize("matrix, why", [("missing", "no such file"), ("not_yaml", "is not valid YAML (line 2)"),
+                                         ("no_cells", "is not a matrix: it needs a `cells:` mapping")])
+def test_experiment_matrix_missing_or_unreadable(tmp_path, monkeypatch, capsys, matrix, why):
+    path = tmp_path / f"{matrix}.yaml"
+    if matrix == "not_yaml":
+        path.write_text("cells: [\n")
+    elif matrix == "no_cells":
+        path.write_text("name: x\nseeds: [0]\n")
+    code, err = run_sage(["experiment", "--matrix", str(path)], monkeypatch, capsys)
+    assert code == 2 and err.startswith(f"sage: error: --matrix={str(path)!r}") and why in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_outputs_go_under_the_root_the_user_gives(tmp_path):
+    """`--trainer.default_root_dir` alone moves the whole run folder (base.yaml's logger follows it);
+    nothing is written into the working directory. Without a terminal every phase still prints its
+    summary line, on a line of its own, every epoch."""
+    cwd, root = tmp_path / "checkout", tmp_path / "scratch"
+    cwd.mkdir()
+    args = sage_args(root, "--data.train_games", "1", "--data.max_turns", "1", "--trainer.max_epochs", "2")
+    args = args[: args.index("--trainer.logger.init_args.save_dir")]  # only the root
+    env = {k: v for k, v in os.environ.items() if k != "SAGE_PROGRESS"}
+    proc = subprocess.run([sys.executable, "-m", "sage.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "opd" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert [p.name for p in (root / "opd" / "version_0" / "checkpoints").iterdir()] == ["last.ckpt"]
+    assert not any(cwd.iterdir())
+    lines = proc.stdout.splitlines()
+    for phase in ("[rollout]", "[teacher]", "[train]"):
+        assert sum(line.startswith(phase) for line in lines) == 2, (phase, proc.stdout[-3000:])
+    assert "\r" not in proc.stdout  # no progress bar in a log file
+
+
+def test_a_run_that_fails_before_training_leaves_no_version_folder(tmp_path, monkeypatch, capsys):
+    """A failure found only once the models are loaded and the run folder made (here no game's first
+    prompt fits the context) removes that folder: no config-only version_N is left behind."""
+    args = sage_args(tmp_path, "--data.rollout.context_mode", "transcript", "--data.rollout.max_context_tokens", "100")
+    code, err = run_sage(args, monkeypatch, capsys)
+    assert code == 2 and "smaller than the first prompt of every game" in err
+    assert not (tmp_path / "opd").exists() or not any((tmp_path / "opd").iterdir())
 
 
 # -- models ------------------------------------------------------------------------------------------

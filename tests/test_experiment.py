@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from sage import experiment
+from sage.errors import UsageError
 from sage.experiment import cli_args, fit_command, load_matrix, run, validate_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_dry_run_and_unknown_cell(fake, capsys):
     assert run(["--matrix", str(fake), "--dry-run", "--only", "sage_no_gate", "zero_shot"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()  # run in the order given, not the matrix's
     assert ["sage_no_gate" in lines[0], "zero_shot" in lines[-1], len(lines)] == [True, True, 4]
-    with pytest.raises(SystemExit, match="unknown cell"):
+    with pytest.raises(UsageError, match="unknown cell"):
         run(["--matrix", str(fake), "--only", "nope"])
 
 
@@ -142,7 +143,7 @@ def test_runs_resumes_and_reports_failures(fake, capsys, monkeypatch):
     assert "[opd/seed_1] skipped" in log and "[opd/seed_2] unfinished run found" in log
     assert (runs / "opd/seed_1/eval_results.json").stat().st_mtime_ns == stamp
     assert not (runs / "opd/seed_2/stray.txt").exists() and (runs / "opd/seed_2/eval_results.json").exists()
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError):
         experiment.main(["--matrix", str(fake), "--only", "nope"])
 
 

@@ -121,6 +121,14 @@ class HFGenerator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    # -- sampler state (a rollout stopped at a turn boundary resumes with it) -----------------------
+    def get_rng_state(self) -> torch.Tensor | None:
+        return None if self._rng is None else self._rng.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self._rng = torch.Generator(device=self.device)
+        self._rng.set_state(state)
+
     # -- sessions ---------------------------------------------------------------------------------
     def end_sessions(self, session_ids: Sequence[Hashable]) -> None:
         gone = set(session_ids)

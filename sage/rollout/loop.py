@@ -9,6 +9,13 @@ Context modes:
   the episode's KV cache so only new tokens are prefilled. An episode whose transcript plus the next
   answer would exceed ``max_context_tokens`` ends there, not won, with ``Episode.truncated`` set.
 
+A rollout can stop at a turn boundary (``stop()`` true, e.g. after SIGTERM) and raise `RolloutStopped` with
+a `PartialRollout`: the turns played so far, which games were done and the sampler's state. Passed back as
+``resume``, it replays every game's recorded actions in fresh environments (ALFWorld is deterministic
+given the actions; a different observation is refused) and plays on from that turn: bit for bit the
+rollout that was not stopped in window mode; transcript mode prefills each kept transcript afresh, so its
+next samples may differ by floating-point rounding.
+
 A limit below the first prompt: ``window`` left-truncates it (the task text may be cut) and logs a
 warning; ``transcript`` ends such an episode before its first turn (no turns, truncated) with a warning,
 and raises `ContextLimitError` when no game of the rollout fits, since nothing could be played.
@@ -18,7 +25,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sage.envs import GameInfo, PromptBuilder, parse_action
 from sage.errors import InputError
@@ -32,6 +40,28 @@ log = logging.getLogger(__name__)
 
 class ContextLimitError(InputError, ValueError):
     """``max_context_tokens`` leaves no room for any game's first prompt (transcript mode)."""
+
+
+@dataclass
+class PartialRollout:
+    """A rollout stopped at a turn boundary: each game's episode so far, whether it had ended, the turn
+    number and the generator's sampler state."""
+
+    episodes: list[Episode]
+    done: list[bool]
+    turn: int
+    rng_state: Any = None
+    overflow: dict[str, int] = field(default_factory=dict)
+
+
+class RolloutStopped(Exception):
+    def __init__(self, partial: PartialRollout) -> None:
+        super().__init__(f"rollout stopped at turn {partial.turn}")
+        self.partial = partial
+
+
+class ReplayMismatchError(RuntimeError):
+    """A resumed rollout's environment answered a recorded action differently than when it was played."""
 
 
 @dataclass
@@ -78,8 +108,11 @@ def rollout(
     cfg: RolloutSpec,
     greedy: bool = False,
     on_turn: Callable[[int, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    resume: PartialRollout | None = None,
 ) -> list[Episode]:
-    """Play `games` to the end with `policy`; returns one Episode per game, in order."""
+    """Play `games` to the end with `policy`; returns one Episode per game, in order. ``stop`` and
+    ``resume``: see the module docstring."""
     if not games:
         return []
     policy.end_sessions(list(range(len(games))))  # session ids are slot numbers: forget older episodes
@@ -96,6 +129,11 @@ def rollout(
 
     turn_no = 0
     overflow: dict[str, int] = {}  # window mode: game id -> longest prompt that had to be left-truncated
+    if resume is not None:
+        _replay(slots, resume, pool, prompt, transcript)
+        turn_no, overflow = resume.turn, dict(resume.overflow)
+        if resume.rng_state is not None and hasattr(policy, "set_rng_state"):
+            policy.set_rng_state(resume.rng_state)
     while True:
         active = [i for i, s in enumerate(slots) if not s.done]
         if transcript:
@@ -105,6 +143,10 @@ def rollout(
             active = kept
         if not active:
             break
+        if stop is not None and stop():
+            raise RolloutStopped(PartialRollout(
+                [s.episode for s in slots], [s.done for s in slots], turn_no,
+                policy.get_rng_state() if hasattr(policy, "get_rng_state") else None, overflow))
         if on_turn is not None:
             on_turn(turn_no, len(active))
         if transcript:
@@ -158,6 +200,32 @@ def rollout(
             if s.transcript is not None:
                 _finish_transcript(s.episode, s.transcript)
     return episodes
+
+
+def _replay(slots: list[_Slot], resume: PartialRollout, pool, prompt: PromptBuilder, transcript: bool) -> None:
+    """Bring fresh environments (just reset) and slots to where `resume` stopped: every game's recorded
+    actions are stepped again, turn by turn, and each feedback must be the one recorded."""
+    if [s.episode.game_id for s in slots] != [e.game_id for e in resume.episodes]:
+        raise ReplayMismatchError("the kept rollout was played on other games than this one")
+    for k in range(max((e.length for e in resume.episodes), default=0)):
+        actions = [e.turns[k].action if k < e.length else None for e in resume.episodes]
+        results = pool.step(actions)
+        for i, (slot, ep) in enumerate(zip(slots, resume.episodes, strict=True)):
+            if actions[i] is None:
+                continue
+            res, turn = results[i], ep.turns[k]
+            if res is None or res.observation != turn.feedback:
+                raise ReplayMismatchError(
+                    f"game {ep.game_id}, turn {k}: the environment answered {getattr(res, 'observation', None)!r} "
+                    f"to {turn.action!r}, the kept rollout recorded {turn.feedback!r}")
+            slot.history.append((slot.observation, turn.action))
+            slot.observation, slot.admissible = res.observation, list(res.admissible)
+            if slot.transcript is not None:
+                slot.transcript.add_response(turn.response_ids)
+                if not (res.done or res.error is not None):
+                    slot.transcript.add_user(prompt.transcript_feedback(res.observation, res.admissible))
+    for slot, ep, done in zip(slots, resume.episodes, resume.done, strict=True):
+        slot.episode, slot.done = ep, done
 
 
 def _drop_overlong(slots: list[_Slot], active: list[int], policy: Generator, cfg: RolloutSpec) -> list[int]:

@@ -2,19 +2,41 @@
 
 The DataModule owns one `Player` (its environment workers) and calls it with the connected student for
 training rollouts and evaluation. The policy model is always an argument: nothing here reaches into the
-module or the trainer.
+module or the trainer. ``stop`` (set by the DataModule: SIGTERM, `sage.preemption`) ends a play at a
+turn boundary with `PlayStopped`, whose `PartialPlay` a later ``play(..., resume=...)`` continues.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sage.envs import EnvPool, GameInfo, PromptBuilder
+from sage.preemption import Preempted
 from sage.progress import Phase
 from sage.rollout.generation import GenerationStats, HFGenerator
-from sage.rollout.loop import rollout
+from sage.rollout.loop import PartialRollout, RolloutStopped, rollout
 from sage.rollout.records import Episode
 from sage.specs import RolloutSpec
+
+
+@dataclass
+class PartialPlay:
+    """A play stopped at a turn boundary: the episodes of its finished rollout streams and the stream
+    that was playing."""
+
+    finished: list[Episode]
+    current: PartialRollout
+
+    @property
+    def turns(self) -> int:
+        return sum(ep.length for ep in [*self.finished, *self.current.episodes])
+
+
+class PlayStopped(Preempted):
+    def __init__(self, partial: PartialPlay, label: str) -> None:
+        super().__init__(f"in the {label} rollout after {partial.turns} turns")
+        self.partial = partial
 
 
 @dataclass
@@ -24,11 +46,13 @@ class Player:
     spec: RolloutSpec
     batch: int | None = None  # games played together in one rollout stream (None: all at once)
     stats: GenerationStats = field(default_factory=GenerationStats)  # work of the latest play
+    stop: Callable[[], bool] | None = None  # checked at every turn boundary (see the module docstring)
 
     def play(self, policy, tokenizer, games: list[GameInfo], greedy: bool, seed: int = 0,
-             label: str = "rollout") -> list[Episode]:
+             label: str = "rollout", resume: PartialPlay | None = None) -> list[Episode]:
         """Every game to its end with `policy` (eval mode while playing), `batch` games at a time; the
-        progress display shows turn, games still active and generated tokens/s under `label`."""
+        progress display shows turn, games still active and generated tokens/s under `label`.
+        ``resume``: a `PartialPlay` of these games, continued where it stopped."""
         was_training = policy.training
         policy.eval()
         gen = HFGenerator(policy, tokenizer, seed=seed)
@@ -40,12 +64,16 @@ class Player:
         def on_turn(turn: int, active: int) -> None:
             phase.update(1, games=active, tok_s=f"{gen.stats.generated_tokens / max(phase.seconds, 1e-9):.0f}")
 
-        episodes: list[Episode] = []
+        episodes: list[Episode] = list(resume.finished) if resume is not None else []
         try:
             with phase:
-                for i in range(0, len(games), size):
-                    episodes += rollout(gen, self.pool, games[i : i + size], self.prompt, tokenizer, self.spec,
-                                        greedy=greedy, on_turn=on_turn)
+                for i in range(len(episodes), len(games), size):
+                    partial = resume.current if resume is not None and i == len(resume.finished) else None
+                    try:
+                        episodes += rollout(gen, self.pool, games[i : i + size], self.prompt, tokenizer, self.spec,
+                                            greedy=greedy, on_turn=on_turn, stop=self.stop, resume=partial)
+                    except RolloutStopped as stopped:
+                        raise PlayStopped(PartialPlay(episodes, stopped.partial), label) from None
                 turns = sum(ep.length for ep in episodes)
                 phase.close(f"{len(episodes)} games, {turns} turns, {sum(ep.success for ep in episodes)} won, "
                             f"{gen.stats.generated_tokens} tokens ({gen.stats.generated_tokens / phase.seconds:.0f}/s)")

@@ -1,0 +1,165 @@
+"""Preemption and faults, from the outside: a real SIGTERM to a real `sage fit` / `sage validate`
+process, a `kill -9` in the middle of a checkpoint write, a run folder that cannot take a checkpoint.
+
+The SIGTERM run is stopped during its second epoch and resumed from what it wrote; it must end with
+exactly the weights of a run that was never stopped, wherever the signal landed (a rollout turn, the
+teacher pass or a training step), and without playing again what was already played.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sage.checkpointing import AtomicCheckpointIO, CheckpointWriteError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--config", str(ROOT / "configs/opd.yaml"),
+    "--model.student.name_or_path", "tiny-random", "--model.student.num_layers", "2",
+    "--model.teacher.name_or_path", "tiny-random", "--model.teacher.seed", "1",
+    "--data.train_games", "2", "--data.max_turns", "4", "--data.val_games", "2", "--data.env_workers", "1",
+    "--data.rollout.max_new_tokens", "12", "--data.samples_per_step", "2", "--trainer.max_epochs", "2",
+    "--trainer.check_val_every_n_epoch", "100", "--trainer.accelerator", "cpu",
+]
+
+
+def sage(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sage.cli", *args]
+
+
+def student_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def wait_for(proc: subprocess.Popen, text: str, timeout: float = 1200) -> list[str]:
+    """Read the process's stdout until a line holds `text` (returns the lines read)."""
+    lines, t0 = [], time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"never printed {text!r}:\n{''.join(lines)[-3000:]}")
+
+
+def terminate(proc: subprocess.Popen) -> tuple[int, float, str]:
+    """SIGTERM, then wait: (exit code, seconds from signal to exit, stderr)."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, time.monotonic() - t0, err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("full")
+    proc = subprocess.run(sage("fit", *TINY, "--trainer.default_root_dir", str(root)), capture_output=True,
+                          text=True, timeout=1800, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return student_weights(root / "opd" / "version_0" / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize("delay", [0.0, 2.0], ids=["rollout_start", "later_in_epoch_1"])
+def test_sigterm_during_fit_keeps_the_work_and_resumes_exactly(tmp_path, uninterrupted, delay):
+    proc = subprocess.Popen(sage("fit", *TINY, "--trainer.default_root_dir", str(tmp_path)), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SAGE_PROGRESS": "0"})
+    wait_for(proc, "[train] epoch 0")  # epoch 1's rollout starts now
+    time.sleep(delay)
+    code, seconds, err = terminate(proc)
+    print(f"SIGTERM {delay:.0f} s into epoch 1: exit {code} after {seconds:.1f} s; {err.strip().splitlines()[-1]}")
+    ckpt = tmp_path / "opd" / "version_0" / "checkpoints" / "last.ckpt"
+    assert code == 143, err[-3000:]
+    assert "Traceback" not in err and f"wrote {ckpt}" in err.strip().splitlines()[-1]
+    assert seconds < 30  # a turn of these tiny models takes well under a second; a hang guard
+    kept = {p.name for p in (ckpt.parent.parent / "epoch_data").iterdir()}
+    if "in the rollout of epoch 1" in err:  # the turns played so far are kept
+        assert "epoch_001_partial.pt" in kept
+    elif "pass" in err.strip().splitlines()[-1] and "before the rollout" not in err:  # judge or teacher
+        assert "epoch_001.pt" in kept
+
+    resumed = subprocess.run(sage("fit", *TINY, "--trainer.default_root_dir", str(tmp_path / "resumed"),
+                                  "--ckpt_path", str(ckpt)), capture_output=True, text=True, timeout=1800,
+                             cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if "in the rollout of epoch 1" in err:  # the rollout went on from where it stopped
+        played = [ln for ln in resumed.stdout.splitlines() if ln.startswith("[rollout]")]
+        assert len(played) == 1, resumed.stdout[-2000:]
+    final = student_weights(tmp_path / "resumed" / "opd" / "version_0" / "checkpoints" / "last.ckpt")
+    assert final.keys() == uninterrupted.keys()
+    for k in final:
+        torch.testing.assert_close(final[k], uninterrupted[k], rtol=0, atol=0)
+
+
+def test_sigterm_during_validate_stops_promptly(tmp_path):
+    args = [*TINY, "--data.val_games", "12", "--data.max_turns", "30", "--trainer.default_root_dir", str(tmp_path)]
+    proc = subprocess.Popen(sage("validate", *args), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "SAGE_PROGRESS": "1"})
+    wait_for(proc, "eval valid_seen")  # its progress bar: the first evaluation rollout is playing
+    code, seconds, err = terminate(proc)
+    print(f"validate: exit {code} {seconds:.1f} s after SIGTERM; {err.strip().splitlines()[-1]}")
+    assert code == 143 and "stopped by SIGTERM in the eval valid_seen rollout" in err, err[-3000:]
+    assert "no results written" in err and seconds < 20
+    assert not list(tmp_path.rglob("eval_results.json"))
+
+
+# -- faults ------------------------------------------------------------------------------------------------
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from sage.checkpointing import AtomicCheckpointIO
+    io = AtomicCheckpointIO()
+    big = {"state_dict": {"w": torch.randn(64, 1024, 1024)}}  # 256 MB: a write takes a while
+    print("writing", flush=True)
+    while True:
+        io.save_checkpoint(big, sys.argv[1])
+""")
+
+
+def test_kill_9_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.arange(4)}}, last)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(last)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    t0 = time.monotonic()
+    while not list(last.parent.glob("last.ckpt.tmp-*")) and time.monotonic() - t0 < 60:
+        time.sleep(0.01)
+    temps = list(last.parent.glob("last.ckpt.tmp-*"))
+    assert temps, "the writer never started a write"
+    proc.kill()  # SIGKILL mid-write: no handler runs
+    proc.wait()
+    state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    # the old checkpoint, or a whole new one if the rename landed first; never a torn file
+    assert torch.equal(state["w"], torch.arange(4)) or state["w"].shape == (64, 1024, 1024)
+
+
+@pytest.mark.parametrize("fault", ["disk_full", "not_writable"])
+def test_a_run_folder_that_cannot_take_the_checkpoint(tmp_path, monkeypatch, fault):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.arange(4)}}, last)
+    before = last.read_bytes()
+    if fault == "disk_full":
+        def full(obj, f, *a, **k):
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(torch, "save", full)
+        target = last
+    else:
+        target = tmp_path / "a_file" / "last.ckpt"  # its folder would be a file: cannot be made
+        (tmp_path / "a_file").write_text("x")
+    with pytest.raises(CheckpointWriteError) as err:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(4)}}, target)
+    assert str(target) in str(err.value) and "unchanged" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+    assert last.read_bytes() == before and not list(tmp_path.rglob("*.tmp-*"))
