@@ -21,8 +21,8 @@ import json
 import time
 
 import torch
-
 from counting import Shape, matmul_probe
+
 from sage.distill.judge import TurnJudge
 from sage.envs import EnvPool, PromptBuilder, PromptTemplate, find_games
 from sage.module import SageModule
