@@ -478,7 +478,7 @@ def test_missing_model_folder(tmp_path, monkeypatch, capsys):
     code, err = run_sage(sage_args(tmp_path, "--model.student.name_or_path", str(tmp_path / "no_model")),
                          monkeypatch, capsys)
     assert code == 2 and f"model {str(tmp_path / 'no_model')!r}: no such folder" in err
-    assert "'smollm2-135m-instruct', 'tiny-random'" in err
+    assert "'smollm2-135m-instruct', 'smollm2-135m-alfworld', 'tiny-random'" in err
 
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch):
