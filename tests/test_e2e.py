@@ -235,8 +235,9 @@ def test_one_epoch_variants_train(tmp_path, pool, name, extra):
         assert {t.gate for ep in eps for t in ep.turns} == {1.0}
     if name == "sft_teacher":  # the teacher played: its own forward reproduces the recorded log-probs
         t = eps[0].turns[0]
+        context = t.context_ids or eps[0].sequence_ids[: t.offset]  # window prompt, or the transcript so far
         assert next(c.model.teacher.parameters()).dtype == torch.float64
         with torch.no_grad():
-            logp = torch.log_softmax(c.model.teacher(torch.tensor([t.context_ids + t.response_ids])).logits[0], -1)
-        ref = [float(logp[len(t.context_ids) - 1 + k, y]) for k, y in enumerate(t.response_ids)]
+            logp = torch.log_softmax(c.model.teacher(torch.tensor([context + t.response_ids])).logits[0], -1)
+        ref = [float(logp[len(context) - 1 + k, y]) for k, y in enumerate(t.response_ids)]
         assert_float32_close(t.logprobs, ref)  # sampling log-probs are float32 by design
