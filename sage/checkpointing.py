@@ -14,6 +14,7 @@ another file system, which is not atomic.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ def atomic_write(path: str | Path, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder is a file: there is no temporary file either
+            tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(
             f"cannot write {path}: {exc.strerror or exc}; the files already there are unchanged. "
             "Free space or choose a writable folder (trainer.default_root_dir)"

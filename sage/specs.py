@@ -282,7 +282,7 @@ class DaggerSpec:
         check_range("data.dagger.judge_history", self.judge_history, 0)
         self.judge_labels = tuple(self.judge_labels)
         if self.judge_labels not in (("SKIP", "WEAK", "STRONG"), ("SKIP", "INTERVENE")):
-            raise SpecError(f"data.dagger.judge_labels={list(self.judge_labels)}; allowed: [SKIP, WEAK, STRONG] or "
+            raise SpecError(f"data.dagger.judge_labels=[{', '.join(self.judge_labels)}]; allowed: [SKIP, WEAK, STRONG] or "
                             "[SKIP, INTERVENE] (the offline rule's verdicts, WEAK and STRONG merged)")
 
     def at(self, round_index: int, values: list):
