@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sage.distill.gate import FAIL_MARKERS
 from sage.rollout.records import Episode, Turn
 
 LABEL_RULE = __doc__
-FAIL = "Nothing happens."
 
 
 def offline_label(turn: Turn, previous: Turn | None) -> str:
@@ -30,7 +30,8 @@ def offline_label(turn: Turn, previous: Turn | None) -> str:
     before, after = turn.subgoal_before, turn.subgoal_after
     repeated = previous is not None and turn.action == previous.action and turn.feedback == previous.feedback
     regress = before is not None and after is not None and after < before
-    if not turn.valid_format or FAIL in turn.feedback or repeated or regress:
+    failed = any(m in turn.feedback for m in FAIL_MARKERS)
+    if not turn.valid_format or failed or repeated or regress:
         return "STRONG"
     progress = before is not None and after is not None and after > before
     if progress or (turn.expert_action is not None and turn.action == turn.expert_action):
