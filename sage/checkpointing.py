@@ -14,8 +14,6 @@ another file system, which is not atomic.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
 from sage.errors import InputError
+from sage.io import atomic_path
+from sage.plan import ends_step
 
 LAST = "last.ckpt"
 
@@ -33,36 +33,18 @@ class CheckpointWriteError(InputError, OSError):
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """``write(file)`` into ``<path>.tmp-<pid>`` beside ``path``, fsync, then rename it over ``path``.
+    """``write(file)`` into a temporary file beside ``path``, durably renamed over it (`sage.io.atomic_path`).
 
-    Any failure removes the temporary file and leaves an earlier ``path`` as it was."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    Any failure leaves an earlier ``path`` as it was; an OS error (disk full, a folder that is a file)
+    becomes one line naming the path."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):  # e.g. the folder is a file: there is no temporary file either
-            tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(
             f"cannot write {path}: {exc.strerror or exc}; the files already there are unchanged. "
             "Free space or choose a writable folder (trainer.default_root_dir)"
         ) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -108,7 +90,7 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        at_step_end = isinstance(batch, dict) and batch.get("step_end", False)
+        at_step_end = ends_step(batch)
         if (self.enabled and self.every_n_steps and at_step_end and step and step % self.every_n_steps == 0
                 and step != self._saved_step):
             self.save(trainer)

@@ -8,6 +8,7 @@ concurrent writers never share one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,17 +18,33 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write (by any means: ``open``, ``torch.save``); on a clean
-    exit it replaces ``path``, on an exception it is removed and ``path`` is left as it was."""
+    exit it replaces ``path``, on an exception it is removed and ``path`` is left as it was.
+
+    ``durable``: the file and the rename reach the disk before this returns (``fsync`` of both), for
+    checkpoints that a crash right after must not lose."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            _fsync(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder went away: there is nothing to remove
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

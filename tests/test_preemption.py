@@ -70,8 +70,41 @@ def uninterrupted(tmp_path_factory):
     return student_weights(root / "opd" / "version_0" / "checkpoints" / "last.ckpt")
 
 
-@pytest.mark.parametrize("delay", [0.0, 2.0], ids=["rollout_start", "later_in_epoch_1"])
-def test_sigterm_during_fit_keeps_the_work_and_resumes_exactly(tmp_path, uninterrupted, delay):
+MAX_TURNS, POOL_WORKERS = 4, 1  # the `pool` fixture (conftest.py)
+
+
+@pytest.mark.parametrize("mode", ["window", "transcript"])
+def test_a_stopped_rollout_resumes_where_it_stopped(pool, mode):
+    """In process: a rollout stopped at turn 2 and resumed (fresh generator, environments replayed)
+    plays the same episodes as one never stopped; bit for bit in window mode, same turns and actions
+    up to the stop in transcript mode (its resumed prefill may round differently)."""
+    from sage.envs import PromptBuilder, find_games
+    from sage.rollout.generation import HFGenerator
+    from sage.rollout.loop import RolloutStopped, rollout
+    from sage.specs import RolloutSpec
+    from tests.helpers import tiny_model, tiny_tokenizer
+
+    games, tok, model = find_games("valid_seen", limit=3), tiny_tokenizer(), tiny_model()
+    spec = RolloutSpec(context_mode=mode, max_new_tokens=12, max_context_tokens=4096)
+    full = rollout(HFGenerator(model, tok, seed=7), pool, games, PromptBuilder(), tok, spec)
+    turn = []
+    with pytest.raises(RolloutStopped) as stopped:
+        rollout(HFGenerator(model, tok, seed=7), pool, games, PromptBuilder(), tok, spec,
+                on_turn=lambda t, n: turn.append(t), stop=lambda: len(turn) >= 2)
+    partial = stopped.value.partial
+    assert partial.turn == 2 and all(ep.length <= 2 for ep in partial.episodes)
+    resumed = rollout(HFGenerator(model, tok, seed=0), pool, games, PromptBuilder(), tok, spec, resume=partial)
+    assert [ep.game_id for ep in resumed] == [ep.game_id for ep in full]
+    for a, b in zip(resumed, full, strict=True):
+        if mode == "window":
+            assert [(t.response_ids, t.action, t.feedback) for t in a.turns] == [
+                (t.response_ids, t.action, t.feedback) for t in b.turns]
+            assert a.won == b.won and a.truncated == b.truncated
+        else:
+            assert [t.action for t in a.turns[:2]] == [t.action for t in b.turns[:2]]
+
+
+def test_sigterm_during_fit_keeps_the_work_and_resumes_exactly(tmp_path, uninterrupted, delay=1.0):
     proc = subprocess.Popen(sage("fit", *TINY, "--trainer.default_root_dir", str(tmp_path)), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "SAGE_PROGRESS": "0"})
@@ -132,9 +165,9 @@ def test_kill_9_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(last)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     t0 = time.monotonic()
-    while not list(last.parent.glob("last.ckpt.tmp-*")) and time.monotonic() - t0 < 60:
+    while not list(last.parent.glob(".last.ckpt.tmp-*")) and time.monotonic() - t0 < 60:
         time.sleep(0.01)
-    temps = list(last.parent.glob("last.ckpt.tmp-*"))
+    temps = list(last.parent.glob(".last.ckpt.tmp-*"))
     assert temps, "the writer never started a write"
     proc.kill()  # SIGKILL mid-write: no handler runs
     proc.wait()
@@ -163,3 +196,41 @@ def test_a_run_folder_that_cannot_take_the_checkpoint(tmp_path, monkeypatch, fau
     assert str(target) in str(err.value) and "unchanged" in str(err.value)
     assert len(str(err.value).splitlines()) == 1
     assert last.read_bytes() == before and not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_mid_epoch_checkpoints_and_sigterm_at_an_optimizer_step_end(tmp_path, pool, monkeypatch):
+    """In process, one epoch of 2 optimizer steps x 1 sample: ``checkpoint.every_n_steps 1`` writes
+    last.ckpt after step 1 (mid-epoch), and a SIGTERM flag raised during step 1 stops training at the
+    end of step 1 with that checkpoint (both looked for a dict batch once, and never fired)."""
+    import lightning as L
+
+    from sage import preemption
+    from sage.checkpointing import LastCheckpoint
+    from sage.cli import cli
+
+    args = [*TINY, "--data.samples_per_step", "1", "--trainer.max_epochs", "1", "--checkpoint.every_n_steps", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.version", "v"]
+    saved: list[tuple[int, int]] = []
+    save = LastCheckpoint.save
+    monkeypatch.setattr(LastCheckpoint, "save", lambda self, trainer: saved.append(
+        (trainer.global_step, trainer.fit_loop.epoch_loop.batch_progress.current.processed)) or save(self, trainer))
+
+    class SigtermInStep1(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:  # the flag as the handler sets it (SIGTERM arriving mid-step)
+                preemption._state["requested_at"] = time.monotonic()
+
+    c = cli(args=args, run=False)
+    c.datamodule.pool = pool
+    c.trainer.callbacks.append(SigtermInStep1())
+    preemption.reset()
+    try:
+        with pytest.raises(preemption.Preempted, match="at the end of optimizer step 1"):
+            c.trainer.fit(c.model, datamodule=c.datamodule)
+    finally:
+        preemption.reset()
+    assert saved and saved[0][0] == 1  # the every-step checkpoint after step 1, before the epoch ended
+    ckpt = student_weights(tmp_path / "opd" / "v" / "checkpoints" / "last.ckpt")
+    assert ckpt and torch.load(tmp_path / "opd" / "v" / "checkpoints" / "last.ckpt", map_location="cpu",
+                               weights_only=False)["global_step"] == 1

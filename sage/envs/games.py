@@ -9,14 +9,13 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from sage.errors import InputError
+from sage.io import atomic_folder
 
 TASK_TYPES: tuple[str, ...] = (
     "pick_and_place_simple",
@@ -104,21 +103,12 @@ def bundled_root(archive: Path = BUNDLED_ARCHIVE) -> Path:
     target = cache_dir() / f"alfworld-subset-{_archive_digest(archive, st.st_mtime_ns, st.st_size)[:16]}"
     if (target / "json_2.1.1").is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        with tarfile.open(archive, "r:xz") as tf:
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(tmp, filter="data")
-            else:  # Python < 3.10.12 has no extraction filters; the archive is our own.
-                tf.extractall(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "json_2.1.1").is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # a racing process that published first wins; ours is dropped
+    with atomic_folder(target, replace=False) as tmp, tarfile.open(archive, "r:xz") as tf:
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(tmp, filter="data")
+        else:  # Python < 3.10.12 has no extraction filters; the archive is our own.
+            tf.extractall(tmp)
     return target
 
 

@@ -14,9 +14,9 @@ import argparse
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
+from sage.io import atomic_folder
 from sage.shipped import SHIPPED
 
 FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -45,9 +45,9 @@ def adapter_from_checkpoint(ckpt: Path, out: Path) -> None:
 
 
 def ship(source: Path, name: str) -> Path:
+    """Write the adapter folder beside the package's copy, then swap it in whole (`sage.io.atomic_folder`)."""
     base, target = SHIPPED[name]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+    with atomic_folder(target) as folder:
         if source.is_dir():
             for f in FILES:
                 shutil.copy(source / f, folder / f)
@@ -59,9 +59,8 @@ def ship(source: Path, name: str) -> Path:
         digest = hashlib.sha256((folder / FILES[1]).read_bytes()).hexdigest()
         (folder / "SOURCE.json").write_text(json.dumps(
             {"base": base, "from": source.name, "adapter_sha256": digest}, indent=2) + "\n")
-        target.mkdir(parents=True, exist_ok=True)
-        for f in (*FILES, "SOURCE.json"):
-            shutil.copy(folder / f, target / f)
+        for extra in set(p.name for p in folder.iterdir()) - {*FILES, "SOURCE.json"}:
+            (folder / extra).unlink()  # save_pretrained's README.md: the package keeps the adapter only
     return target
 
 
