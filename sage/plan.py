@@ -56,6 +56,12 @@ class MicroBatch:
         return self if self.tokens is None else replace(self, tokens=self.tokens.to(device))
 
 
+def ends_step(batch) -> bool:
+    """Whether a training batch is the last micro-batch of its optimizer step: where checkpoints are
+    written and SIGTERM stops training (an exact resume cannot hold a half-accumulated gradient)."""
+    return isinstance(batch, MicroBatch) and batch.last
+
+
 @dataclass(frozen=True)
 class OptimizerStep:
     micro_batches: list[MicroBatch]  # this rank's, padded to the largest count of any rank (at least one)

@@ -7,6 +7,8 @@ phase stops at its next boundary:
 - a rollout (training or evaluation) at its next turn boundary: `sage fit` keeps the turns played so
   far in ``<run>/epoch_data/`` and a resumed run replays their actions in fresh environments and plays
   on with the sampler state it stopped with (`sage.rollout.loop`);
+- a teacher-data round (``data.source: dagger``) at its next turn boundary; it is seeded, so a resumed run
+  replays it whole and gets the same data;
 - the judge and teacher passes at their next batch (the epoch's rollout is already kept; they rerun);
 - training at the end of the current optimizer step (an exact-resume checkpoint cannot hold a half
   accumulated gradient).
@@ -29,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from sage.distributed import world
+from sage.plan import ends_step
 
 EXIT_CODE = 128 + signal.SIGTERM
 
@@ -114,7 +117,7 @@ class Preemption(L.Callback):
         work_started()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if isinstance(batch, dict) and batch.get("step_end") and self._agreed(trainer):
+        if ends_step(batch) and self._agreed(trainer):
             raise Preempted(f"at the end of optimizer step {trainer.global_step}")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
