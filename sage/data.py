@@ -39,6 +39,7 @@ from sage.envs import (
 from sage.epoch import Epoch, EpochPlanner, publish
 from sage.io import atomic_path
 from sage.plan import MicroBatch
+from sage.rollout.loop import RolloutStopped
 from sage.rollout.player import PartialPlay, Player, PlayStopped
 from sage.rollout.records import Episode
 from sage.specs import DATA_SOURCES, DaggerSpec, DataSource, GateSpec, RolloutSpec, check_choice, check_range
@@ -268,10 +269,14 @@ class SageDataModule(L.LightningDataModule):
         d = self.dagger
         mix = Mix(model=d.at(epoch, d.model_share), random=d.random, invalid=d.invalid, repeat=d.repeat)
         judge = TeacherJudge(GateSpec(labels=d.judge_labels, judge_history=d.judge_history), model, tokenizer)
-        episodes, self._round_stats = collect_round(
-            games=games, pool=self.pool, prompt=self.prompt, tokenizer=tokenizer, rollout_spec=self.rollout_spec,
-            mix=mix, answer=self.prompt.template.expert_answer, judge=judge, judge_examples=d.at(epoch, d.judge_examples),
-            model=model, seed=seed, batch=self.rollout_batch, label=f"teacher data round {epoch}")
+        try:
+            episodes, self._round_stats = collect_round(
+                games=games, pool=self.pool, prompt=self.prompt, tokenizer=tokenizer, rollout_spec=self.rollout_spec,
+                mix=mix, answer=self.prompt.template.expert_answer, judge=judge,
+                judge_examples=d.at(epoch, d.judge_examples), model=model, seed=seed, batch=self.rollout_batch,
+                label=f"teacher data round {epoch}", stop=self._stop_at_turn)
+        except RolloutStopped:  # the round is seeded: a resumed run replays it whole, the same
+            raise preemption.Preempted(f"in teacher data round {epoch} (replayed from its start on resume)") from None
         return episodes
 
     def train_dataloader(self) -> DataLoader:

@@ -65,14 +65,14 @@ def test_offline_label_rule(fields, previous, label):
     assert offline_label(turn, prev) == label
 
 
-def _round(pool, mix, games, judge_examples=6, model=None, seed=0):
+def _round(pool, mix, games, judge_examples=6, model=None, seed=0, stop=None):
     tok = tiny_tokenizer()
     judge_model = model if model is not None else tiny_model()
     judge = TeacherJudge(GateSpec(), judge_model, tok)
     gen = HFGenerator(model, tok, seed=seed) if model is not None else None
     return collect_round(games=games, pool=pool, prompt=PROMPT, tokenizer=tok, rollout_spec=SPEC, mix=mix,
                          answer=ANSWER, judge=judge, judge_examples=judge_examples, model=gen and model, seed=seed,
-                         batch=None), tok
+                         batch=None, stop=stop), tok
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,17 @@ def expert_pool():
 
     with EnvPool(num_workers=2, max_steps=MAX_TURNS, expert=True) as p:
         yield p
+
+
+def test_a_round_stops_at_a_turn_boundary(expert_pool, bundled_games):
+    """SIGTERM during a round (``stop`` true from turn 2 on) ends it there, as every rollout does."""
+    from sage.rollout.loop import RolloutStopped
+
+    games = bundled_games["train"][:2]
+    turns = []
+    with pytest.raises(RolloutStopped) as stopped:
+        _round(expert_pool, Mix(), games, stop=lambda: turns.append(1) or len(turns) > 2)
+    assert stopped.value.partial.turn == 2
 
 
 def test_noisy_expert_round_trains_only_the_expert_turns(expert_pool, bundled_games):

@@ -84,9 +84,10 @@ def playing_copy(model):
 
 def collect_round(*, games: list[GameInfo], pool, prompt: PromptBuilder, tokenizer, rollout_spec, mix: Mix,
                   answer: str, judge, judge_examples: int, model, seed: int, batch: int | None,
-                  label: str = "teacher data") -> tuple[list[Episode], dict[str, float]]:
+                  label: str = "teacher data", stop=None) -> tuple[list[Episode], dict[str, float]]:
     """Play `games` (batch at a time) with the mix; return the policy and judge episodes and the round's
-    statistics (sources of turns, label counts, episodes kept)."""
+    statistics (sources of turns, label counts, episodes kept). ``stop`` (checked at turn boundaries,
+    e.g. SIGTERM) ends the round with `RolloutStopped`; a round is seeded, so it replays the same."""
     peek = PeekPool(pool)
     gen = None
     if mix.model > 0:
@@ -100,7 +101,7 @@ def collect_round(*, games: list[GameInfo], pool, prompt: PromptBuilder, tokeniz
             for i in range(0, len(games), size):
                 policy = ExpertMixPolicy(peek, tokenizer, mix, answer, seed + i, gen)
                 played += rollout(policy, peek, games[i : i + size], prompt, tokenizer, rollout_spec, greedy=True,
-                                  on_turn=lambda turn, active: phase.update(1, games=active))
+                                  on_turn=lambda turn, active: phase.update(1, games=active), stop=stop)
                 for srcs in policy.sources.values():
                     sources.update(srcs)
             played = [ep for ep in played if ep.error is None]
