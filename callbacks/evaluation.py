@@ -3,7 +3,12 @@
 Logged as `val/<split>/success` and `val/<split>/<task_type>/success` (split = seen | unseen); the
 metrics sync across ranks, so sharded evaluation still counts every game once. Each validation
 during `sage fit` appends to `<log_dir>/val_history.jsonl`; `sage validate` prints a table and
-writes `<log_dir>/eval_results.json`.
+writes `<log_dir>/eval_results.json`. Every game's record (split, game id, task type, won, turns played,
+admissible and parsed turns) goes to `<log_dir>/eval_games.jsonl` (`sage validate`) or is appended to
+`<log_dir>/val_games.jsonl` (`sage fit`, with the epoch), one file per rank under DDP, with 0/1 per turn
+for admissible and parsed: paired comparisons of two models on the same panel, and every figure at a
+shorter turn limit N (won with turns <= N, the first N turns' rates) from one longer greedy run, whose
+first N turns are the same.
 
 Beside success (0/1 per game, all-zero for weak agents), two turn-level rates say how far an agent is
 from playing at all: `val/<split>/admissible_rate` (the action was one of the environment's admissible
@@ -50,7 +55,8 @@ def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[st
 
 class AlfworldEvaluation(L.Callback):
     def __init__(
-        self, print_table: bool = True, results_file: str = "eval_results.json", history_file: str = "val_history.jsonl"
+        self, print_table: bool = True, results_file: str = "eval_results.json", history_file: str = "val_history.jsonl",
+        games_file: str = "eval_games.jsonl", games_history_file: str = "val_games.jsonl",
     ) -> None:
         self.print_table = print_table
         self.results_file = results_file  # written by `sage validate` (one JSON object)
@@ -59,6 +65,9 @@ class AlfworldEvaluation(L.Callback):
         self.counts: dict[str, dict[str, int]] = {}
         self._metrics: dict[tuple[str, str], tuple[MeanMetric, SumMetric]] = {}
         self.turn_rates: dict[str, dict[str, float]] = {}
+        self.games_file = games_file  # per-game records of `sage validate`
+        self.games_history_file = games_history_file  # appended per-game records of `sage fit`
+        self._games: list[dict] = []
 
     def _metric(self, split: str, key: str, device):
         if (split, key) not in self._metrics:
@@ -67,7 +76,7 @@ class AlfworldEvaluation(L.Callback):
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         dm = trainer.datamodule
-        self._metrics = {}
+        self._metrics, self._games = {}, []
         for i in range(len(dm.val_splits)):  # every rank creates every metric, so syncs line up
             for key in [*TASK_TYPES, "overall", *TURN_RATES]:
                 mean, count = self._metric(dm.split_key(i), key, pl_module.device)
@@ -79,6 +88,11 @@ class AlfworldEvaluation(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         split = trainer.datamodule.split_key(dataloader_idx)
         for ep in outputs["episodes"]:
+            self._games.append({
+                "split": split, "game_id": ep.game_id, "task_type": ep.task_type, "won": bool(ep.success),
+                "turns": len(ep.turns), "admissible": [int(t.action in t.admissible) for t in ep.turns],
+                "parsed": [int(bool(t.valid_format)) for t in ep.turns], "error": ep.error,
+            })
             for key in ("overall", ep.task_type):
                 mean, count = self._metric(split, key, pl_module.device)
                 mean.update(float(ep.success))
@@ -105,7 +119,23 @@ class AlfworldEvaluation(L.Callback):
                 name = f"val/{split}/success" if key == "overall" else f"val/{split}/{key}/success"
                 pl_module.log(name, value, batch_size=n, add_dataloader_idx=False)
         # trainer.log_dir is a collective under DDP: every rank must ask, before the rank-0 write.
-        self._write(trainer, Path(trainer.log_dir or trainer.default_root_dir))
+        root = Path(trainer.log_dir or trainer.default_root_dir)
+        self._write(trainer, root)
+        self._write_games(trainer, root)
+
+    def _write_games(self, trainer, root: Path) -> None:
+        """This rank's per-game records (every rank writes its own file: no gather of Python objects)."""
+        suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        stamp = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        lines = "".join(json.dumps({**stamp, **g}) + "\n" for g in self._games)
+        if trainer.state.fn == "fit":
+            root.mkdir(parents=True, exist_ok=True)
+            path = root / self.games_history_file
+            with open(path.with_name(path.stem + suffix + path.suffix), "a") as f:
+                f.write(lines)
+        else:
+            path = root / self.games_file
+            write_atomic(path.with_name(path.stem + suffix + path.suffix), lines)
 
     @rank_zero_only
     def _write(self, trainer, root: Path) -> None:

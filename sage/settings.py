@@ -296,7 +296,8 @@ def check_config(cfg, subcommand: str | None) -> None:
         check_range("model.grad_clip", grad_clip, 0.0, low_open=True, or_null=True)
     check_splits(_get(cfg, "data"))
     check_optimizer(_get(cfg, "model.optimizer"), _get(cfg, "model.lr_scheduler"))
-    for key in ("evaluation.results_file", "evaluation.history_file", "episode_log.dirname"):
+    for key in ("evaluation.results_file", "evaluation.history_file", "evaluation.games_file",
+                "evaluation.games_history_file", "episode_log.dirname"):
         check_file_name(key, _get(cfg, key))
     check_writable_dir("export.dirpath", _get(cfg, "export.dirpath"))
     check_checkpoint_file("ckpt_path", _get(cfg, "ckpt_path"))

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sage.cli import cli
 from sage.envs import split_key
+from sage.eval_games import summarize
 from sage.models import load_model
 from sage.specs import ModelSpec
 from tests.helpers import assert_float32_close
@@ -63,6 +64,8 @@ def test_fit_then_validate(tmp_path, pool, capsys):
     for key in ("train/gate/skip_rate", "train/confidence_mean", "train/tokens_per_step_epoch"):
         assert all(math.isfinite(float(r[key])) for r in epoch_rows if r.get(key)), key
     assert any(r.get("val/seen/success") for r in rows) and any(r.get("val/unseen/success") for r in rows)
+    val_games = [json.loads(x) for x in (log_dir / "val_games.jsonl").read_text().splitlines()]
+    assert sorted((g["epoch"], g["split"]) for g in val_games) == [(0, "seen"), (0, "unseen"), (1, "seen"), (1, "unseen")]
 
     # the teacher never moves, the student does
     teacher0 = load_model(ModelSpec("tiny-random", seed=1), trainable=False)
@@ -101,6 +104,18 @@ def test_fit_then_validate(tmp_path, pool, capsys):
         assert rates["turns"] == len(turns)
         assert rates["admissible_rate"] == pytest.approx(sum(t.action in t.admissible for t in turns) / len(turns))
         assert rates["format_rate"] == pytest.approx(sum(t.valid_format for t in turns) / len(turns))
+    games = [json.loads(x) for x in (Path(v.trainer.log_dir) / "eval_games.jsonl").read_text().splitlines()]
+    assert sorted((g["split"], g["game_id"], g["won"], g["turns"]) for g in games) == sorted(
+        (split_key(ep.split), ep.game_id, ep.success, len(ep.turns)) for ep in played)
+    assert [g["admissible"] for g in games] == [[int(t.action in t.admissible) for t in ep.turns] for ep in played]
+    again = summarize(games)  # the figures re-computed from the records are the callback's
+    assert again["success"] == res["success"] and again["games"] == res["games"]
+    for split, rates in res["turn_rates"].items():
+        assert again["turn_rates"][split] == pytest.approx(rates)
+    cut = summarize(games, max_turns=1)  # at a 1-turn limit: first turns only, won only if won at turn 1
+    assert cut["turn_rates"]["seen"]["turns"] == sum(g["split"] == "seen" for g in games)
+    assert cut["success"]["seen"]["overall"] == pytest.approx(
+        sum(g["won"] and g["turns"] == 1 for g in games if g["split"] == "seen") / 2)
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, pool):

@@ -145,6 +145,8 @@ CASES: dict[str, tuple[str | None, str | None]] = {
     "evaluation.print_table": ("maybe", None),
     "evaluation.results_file": (None, "a/b.json"),
     "evaluation.history_file": (None, ""),
+    "evaluation.games_file": (None, "../games.jsonl"),
+    "evaluation.games_history_file": (None, ""),
     "episode_log.enabled": ("maybe", None),
     "episode_log.dirname": (None, "../up"),
     "checkpoint.every_n_steps": ("x", "-1"),

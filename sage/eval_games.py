@@ -1,0 +1,64 @@
+"""Evaluation figures re-computed from per-game records (`eval_games.jsonl`, `callbacks.evaluation`).
+
+A greedy run with a turn limit of 50 plays, in its first N turns, exactly what a run limited to N plays
+(no prompt mentions the limit, and the batch of live games is the same until turn N), so one 50-turn
+run gives the 30-turn figures too: a game counts as won at N if it was won within N turns, and the
+turn-level rates count its first N turns.
+
+    python -m sage.eval_games RUN/eval_games.jsonl --max-turns 30 [--out figures.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sage.envs import TASK_TYPES
+
+
+def summarize(records: list[dict], max_turns: int | None = None) -> dict:
+    """``eval_results.json``'s ``success``, ``games`` and ``turn_rates`` for the records, counting only
+    each game's first ``max_turns`` turns (None: all of them)."""
+    success: dict[str, dict] = {}
+    games: dict[str, dict] = {}
+    rates: dict[str, dict] = {}
+    for split in sorted({r["split"] for r in records}):
+        rows = [r for r in records if r["split"] == split]
+        n = max_turns or max((r["turns"] for r in rows), default=0)
+        won = {id(r): r["won"] and r["turns"] <= n for r in rows}
+        success[split], games[split] = {}, {}
+        for key in [*TASK_TYPES, "overall"]:
+            sel = [r for r in rows if key in ("overall", r["task_type"])]
+            games[split][key] = len(sel)
+            success[split][key] = sum(won[id(r)] for r in sel) / len(sel) if sel else None
+        adm = [a for r in rows for a in r["admissible"][:n]]
+        par = [p for r in rows for p in r["parsed"][:n]]
+        rates[split] = {"turns": len(adm), "admissible_rate": sum(adm) / len(adm) if adm else None,
+                        "format_rate": sum(par) / len(par) if par else None}
+    return {"max_turns": max_turns, "success": success, "games": games, "turn_rates": rates}
+
+
+def read(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("games", help="an eval_games.jsonl written by sage validate")
+    ap.add_argument("--max-turns", type=int, default=None, help="count only each game's first N turns")
+    ap.add_argument("--out", default=None, help="write the figures here (JSON)")
+    args = ap.parse_args(argv)
+    if args.max_turns is not None and args.max_turns < 1:
+        ap.error(f"--max-turns must be >= 1, got {args.max_turns}")
+    if not Path(args.games).is_file():
+        ap.error(f"no such file: {args.games}")
+    figures = summarize(read(args.games), args.max_turns)
+    text = json.dumps(figures, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
