@@ -55,7 +55,8 @@ class RaggedCache(Cache):
     def permute(self, order: list[int]) -> None:
         """Row i becomes the old row ``order[i]``; ``order`` is a permutation of ``range(num_rows)``.
 
-        Only rows that move are copied (a swap of two rows copies two rows per layer)."""
+        Only rows that move are copied (a swap of two rows copies two rows per layer), and only the columns
+        they use, not the buffers' spare capacity."""
         if sorted(order) != list(range(self.num_rows)):
             raise ValueError(f"not a permutation of the {self.num_rows} rows: {order}")
         moved = [i for i, o in enumerate(order) if o != i]
@@ -63,10 +64,13 @@ class RaggedCache(Cache):
         if not moved or not self.keys:
             return
         self._grow_rows()
+        used = max(self.lengths[i] for i in moved)  # a row reads only its first `length` columns
+        if used == 0:
+            return
         dst = torch.tensor(moved, device=self.keys[0].device)
         src = torch.tensor([order[i] for i in moved], device=self.keys[0].device)
         for buf in (*self.keys, *self.values):
-            buf[dst] = buf[src]  # the right side is gathered first, so overlapping moves are safe
+            buf[dst, :, :used] = buf[src, :, :used]  # the right side is gathered first: overlapping moves are safe
 
     def _grow_rows(self) -> None:
         """Give the buffers a row for every row in use: rows added after the last forward (a session that
