@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
+import yaml
 from counting import Shape, matmul_probe
 
-from sage.distill.judge import TurnJudge
+from sage.distill.judge import TeacherJudge
 from sage.envs import EnvPool, PromptBuilder, PromptTemplate, find_games
 from sage.module import SageModule
 from sage.plan import plan_steps
@@ -32,10 +34,8 @@ from sage.specs import ConfidenceSpec, GateSpec, LoraSpec, LossSpec, ModelSpec, 
 from sage.teacher.policy import Mix
 from sage.teacher.rounds import collect_round
 
-PROMPT = PromptTemplate(
-    answer_format="Now it's your turn to take an action. Choose exactly one admissible action and write it "
-                  "inside <action> </action> tags, for example: <action>go to desk 1</action>",
-    transcript_feedback="Observation:\n{observation}", expert_answer="<action>{action}</action>")
+BASE = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
+PROMPT = PromptTemplate(**yaml.safe_load(BASE.read_text())["data"]["prompt"])  # the teacher's answer format
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
     module.build_models("cpu", "bf16-mixed")
     tok, student = module.tokenizer, module.student
     games = find_games("train", sample=args.games, seed=0)
-    judge = TurnJudge("teacher_judge", model=student, tokenizer=tok)
+    judge = TeacherJudge(GateSpec(), student, tok)
     with EnvPool(2, max_steps=50, expert=True) as pool:
         episodes, _ = collect_round(games=games, pool=pool, prompt=PromptBuilder(PROMPT), tokenizer=tok,
                                     rollout_spec=RolloutSpec(context_mode="transcript", max_new_tokens=24),
@@ -72,6 +72,8 @@ def main() -> None:
         real, flops = 0, 0.0
         for mb in s.micro_batches:
             t = mb.tokens
+            if t is None:  # a DDP padding slot: none on one process
+                continue
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss, _ = module.micro_loss(t, mb.denominator)
             loss.backward()
