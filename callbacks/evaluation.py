@@ -42,7 +42,7 @@ def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[st
     rows = [(key, {s: (results[s].get(key, float("nan")), counts[s].get(key, 0)) for s in splits})
             for key in [*TASK_TYPES, "overall"]]
     if turn_rates:
-        rows += [(label, {s: (turn_rates.get(s, {}).get(key) or float("nan"), turn_rates.get(s, {}).get("turns", 0))
+        rows += [(label, {s: (_or_nan(turn_rates.get(s, {}).get(key)), turn_rates.get(s, {}).get("turns", 0))
                           for s in splits}) for key, label in RATE_ROWS.items()]
     lines = [head, rule]
     for i, (key, cells) in enumerate(rows):
@@ -51,6 +51,11 @@ def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[st
         lines.append(f"{key:<34}" + "".join(
             f"{'-' if n == 0 or math.isnan(v) else f'{100 * v:.1f}':>12}{n:>6}" for v, n in cells.values()))
     return "\n".join(lines)
+
+
+def _or_nan(rate: float | None) -> float:
+    """A missing rate prints as "-"; a rate of 0.0 is a measurement and prints as 0.0."""
+    return float("nan") if rate is None else rate
 
 
 class AlfworldEvaluation(L.Callback):
