@@ -274,7 +274,7 @@ class SageDataModule(L.LightningDataModule):
                 games=games, pool=self.pool, prompt=self.prompt, tokenizer=tokenizer, rollout_spec=self.rollout_spec,
                 mix=mix, answer=self.prompt.template.expert_answer, judge=judge,
                 judge_examples=d.at(epoch, d.judge_examples), model=model, seed=seed, batch=self.rollout_batch,
-                label=f"teacher data round {epoch}", stop=self._stop_at_turn)
+                label=f"teacher data round {epoch}", stop=self._stop_at_turn, judge_weight=d.judge_weight)
         except RolloutStopped:  # the round is seeded: a resumed run replays it whole, the same
             raise preemption.Preempted(f"in teacher data round {epoch} (replayed from its start on resume)") from None
         return episodes

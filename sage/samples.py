@@ -74,7 +74,7 @@ def window_samples(episodes: Sequence[Episode], hidden: TeacherHidden | None = N
                 Sample(
                     input_ids=list(t.context_ids) + list(t.response_ids),
                     loss_mask=[0] * c + [1] * n,
-                    gate=[0.0] * c + [float(t.gate)] * n,
+                    gate=[0.0] * c + [float(t.gate) * t.weight] * n,
                     confidence=[1.0] * c + conf,
                     teacher_logprobs=[0.0] * c + tlp,
                     teacher_hidden=_hidden_rows([t], [hidden.get((e, k))], n),
@@ -95,7 +95,7 @@ def transcript_samples(episodes: Sequence[Episode], hidden: TeacherHidden | None
         for t in ep.turns:
             c, lp = _turn_fields(t)
             for k in range(len(t.response_ids)):
-                gate[t.offset + k] = float(t.gate)
+                gate[t.offset + k] = float(t.gate) * t.weight
                 conf[t.offset + k] = c[k]
                 tlp[t.offset + k] = lp[k]
         order = sorted((k for k, t in enumerate(ep.turns) if t.response_ids), key=lambda k: ep.turns[k].offset)

@@ -129,6 +129,7 @@ CASES: dict[str, tuple[str | None, str | None]] = {
     "data.dagger.judge_examples": ("x", "[-1]"),
     "data.dagger.judge_labels": (None, "[SKIP, MAYBE]"),
     "data.dagger.judge_history": ("x", "-1"),
+    "data.dagger.judge_weight": ("x", "0"),
     "data.rollout.context_mode": (None, "chat"),
     "data.rollout.window_history": ("x", "-1"),
     "data.rollout.temperature": ("x", "0"),

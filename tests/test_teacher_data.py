@@ -65,14 +65,14 @@ def test_offline_label_rule(fields, previous, label):
     assert offline_label(turn, prev) == label
 
 
-def _round(pool, mix, games, judge_examples=6, model=None, seed=0, stop=None):
+def _round(pool, mix, games, judge_examples=6, model=None, seed=0, stop=None, judge_weight=1.0):
     tok = tiny_tokenizer()
     judge_model = model if model is not None else tiny_model()
     judge = TeacherJudge(GateSpec(), judge_model, tok)
     gen = HFGenerator(model, tok, seed=seed) if model is not None else None
     return collect_round(games=games, pool=pool, prompt=PROMPT, tokenizer=tok, rollout_spec=SPEC, mix=mix,
                          answer=ANSWER, judge=judge, judge_examples=judge_examples, model=gen and model, seed=seed,
-                         batch=None, stop=stop), tok
+                         batch=None, stop=stop, judge_weight=judge_weight), tok
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,21 @@ def test_a_round_stops_at_a_turn_boundary(expert_pool, bundled_games):
     with pytest.raises(RolloutStopped) as stopped:
         _round(expert_pool, Mix(), games, stop=lambda: turns.append(1) or len(turns) > 2)
     assert stopped.value.partial.turn == 2
+
+
+def test_judge_examples_carry_their_loss_weight_into_the_samples(expert_pool, bundled_games):
+    """data.dagger.judge_weight scales a judge example's label tokens (gate x weight in its sample), and
+    nothing else: acting turns keep weight 1."""
+    from sage.samples import transcript_samples
+
+    games = [g for g in bundled_games["train"] if g.task_type == "pick_and_place_simple"][:2]
+    (episodes, _), _ = _round(expert_pool, Mix(random=0.3), games, judge_examples=4, judge_weight=20.0)
+    judges = [e for e in episodes if e.split == "judge"]
+    assert judges and all(t.weight == 20.0 for e in judges for t in e.turns)
+    assert all(t.weight == 1.0 for e in episodes if e.split != "judge" for t in e.turns)
+    for e, s in zip(episodes, transcript_samples(episodes), strict=True):
+        trained = {g for g, m in zip(s.gate, s.loss_mask, strict=True) if m}
+        assert trained == ({20.0} if e.split == "judge" else {1.0})
 
 
 def test_noisy_expert_round_trains_only_the_expert_turns(expert_pool, bundled_games):

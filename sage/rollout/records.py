@@ -43,6 +43,9 @@ class Turn:
     gate_probs: dict[str, float] | None = None
     confidence: list[float] | None = None  # kappa_{t,k}, one per response token
     teacher_logprobs: list[float] | None = None  # log pi_T(y_{t,k} | h_{t,k})
+    # A fixed factor on this turn's token weights, set by its data source and left alone by the gate (the
+    # teacher recipe's judge examples: data.dagger.judge_weight). Its tokens weigh gate x weight x kappa.
+    weight: float = 1.0
 
 
 @dataclass

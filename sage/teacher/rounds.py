@@ -40,8 +40,8 @@ def keep_expert_turns(ep: Episode, answer: str) -> int:
     return kept
 
 
-def judge_episode(judge, ep: Episode, k: int, label: str) -> Episode:
-    """The judge prompt for turn k of `ep` followed by `label`'s tokens (the trained part)."""
+def judge_episode(judge, ep: Episode, k: int, label: str, weight: float = 1.0) -> Episode:
+    """The judge prompt for turn k of `ep` followed by `label`'s tokens (the trained part, at loss `weight`)."""
     text = judge.prompt_text(ep, k)
     prompt = judge.tokenizer(text, add_special_tokens=False)["input_ids"]
     label_ids = judge.label_token_ids(text)[judge.labels.index(label)]
@@ -49,7 +49,7 @@ def judge_episode(judge, ep: Episode, k: int, label: str) -> Episode:
     turn = Turn(game_id=ep.game_id, split="judge", task_type=ep.task_type, index=0, context_ids=[],
                 response_ids=list(label_ids), logprobs=[0.0] * len(label_ids), response_text=label, action="",
                 valid_format=True, observation=src.observation, admissible=[], feedback=src.feedback, done=True,
-                won=False, offset=len(prompt))
+                won=False, offset=len(prompt), weight=weight)
     return Episode(f"{ep.game_id}#judge{k}", "judge", ep.task_type, ep.task, turns=[turn],
                    sequence_ids=prompt + list(label_ids), student_mask=[0] * len(prompt) + [1] * len(label_ids),
                    turn_index=[-1] * len(prompt) + [0] * len(label_ids))
@@ -84,7 +84,7 @@ def playing_copy(model):
 
 def collect_round(*, games: list[GameInfo], pool, prompt: PromptBuilder, tokenizer, rollout_spec, mix: Mix,
                   answer: str, judge, judge_examples: int, model, seed: int, batch: int | None,
-                  label: str = "teacher data", stop=None) -> tuple[list[Episode], dict[str, float]]:
+                  label: str = "teacher data", stop=None, judge_weight: float = 1.0) -> tuple[list[Episode], dict[str, float]]:
     """Play `games` (batch at a time) with the mix; return the policy and judge episodes and the round's
     statistics (sources of turns, label counts, episodes kept). ``stop`` (checked at turn boundaries,
     e.g. SIGTERM) ends the round with `RolloutStopped`; a round is seeded, so it replays the same."""
@@ -110,7 +110,7 @@ def collect_round(*, games: list[GameInfo], pool, prompt: PromptBuilder, tokeniz
             rng = random.Random(seed)
             candidates = [(ep, k, lab) for ep in played for k, lab in enumerate(offline_labels(ep, judge.labels))]
             picked = balanced_pick(candidates, judge_examples, judge.labels, rng)
-            judge_eps = [judge_episode(judge, ep, k, lab) for ep, k, lab in picked]
+            judge_eps = [judge_episode(judge, ep, k, lab, judge_weight) for ep, k, lab in picked]
             counts = Counter(lab for _, _, lab in candidates)
             picked_counts = Counter(lab for _, _, lab in picked)
             phase.close(f"{len(played)} games, {sum(ep.won for ep in played)} won, {kept} expert turns trained, "
