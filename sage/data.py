@@ -150,8 +150,7 @@ class SageDataModule(L.LightningDataModule):
             ("env_workers", env_workers, 0, False), ("samples_per_step", samples_per_step, 1, False),
             ("max_tokens_per_micro_batch", max_tokens_per_micro_batch, 1, False), ("seed", seed, 0, False),
         ):
-            if not (optional and value is None):
-                check_range(f"data.{key}", value, low, or_null=optional)
+            check_range(f"data.{key}", value, low, or_null=optional)
         self.data_root = data_root
         self.train_split = canonical_split(train_split)
         self.train_games = train_games

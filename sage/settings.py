@@ -161,9 +161,7 @@ def check_trainer(t) -> None:
     for key, low, nullable in (("num_nodes", 1, False), ("max_epochs", -1, True), ("min_epochs", 0, True),
                                ("max_steps", -1, False), ("min_steps", 0, True), ("check_val_every_n_epoch", 1, True),
                                ("num_sanity_val_steps", -1, True), ("log_every_n_steps", 1, True)):
-        value = _get(t, key)
-        if value is not None or not nullable:
-            check_range(f"trainer.{key}", value, low, or_null=nullable)
+        check_range(f"trainer.{key}", _get(t, key), low, or_null=nullable)
     devices = _get(t, "devices")
     if isinstance(devices, str) and re.fullmatch(r"-?\d+", devices.strip()):
         devices = int(devices)
@@ -291,9 +289,7 @@ def check_config(cfg, subcommand: str | None) -> None:
     seed = _get(cfg, "seed_everything")
     if isinstance(seed, int) and not isinstance(seed, bool):
         check_range("seed_everything", seed, 0, 2**32 - 1)
-    grad_clip = _get(cfg, "model.grad_clip")
-    if grad_clip is not None:
-        check_range("model.grad_clip", grad_clip, 0.0, low_open=True, or_null=True)
+    check_range("model.grad_clip", _get(cfg, "model.grad_clip"), 0.0, low_open=True, or_null=True)
     check_splits(_get(cfg, "data"))
     check_optimizer(_get(cfg, "model.optimizer"), _get(cfg, "model.lr_scheduler"))
     for key in ("evaluation.results_file", "evaluation.history_file", "evaluation.games_file",

@@ -52,7 +52,9 @@ def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 def check_range(key: str, value: float, low: float | None = None, high: float | None = None,
                 low_open: bool = False, or_null: bool = False, high_open: bool = False) -> None:
     """``low <= value <= high`` (``low < value`` with ``low_open``, ``value < high`` with ``high_open``),
-    else one message naming the key (``or_null``: the message adds that null is allowed too)."""
+    else one message naming the key (``or_null``: null passes, and the message says it is allowed)."""
+    if or_null and value is None:
+        return
     bad = (low is not None and (value <= low if low_open else value < low)) or (
         high is not None and (value >= high if high_open else value > high))
     if bad:
@@ -115,8 +117,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         check_choice("dtype", self.dtype, DTYPE_NAMES)
         check_choice("init", self.init, INITS)
-        if self.num_layers is not None:
-            check_range("num_layers", self.num_layers, 1, or_null=True)
+        check_range("num_layers", self.num_layers, 1, or_null=True)
         check_range("seed", self.seed, 0)
         if self.attn_implementation is not None:
             check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
