@@ -93,18 +93,19 @@ class AlfworldEvaluation(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         split = trainer.datamodule.split_key(dataloader_idx)
         for ep in outputs["episodes"]:
-            self._games.append({
+            game = {  # the game's record; the metrics below count from it
                 "split": split, "game_id": ep.game_id, "task_type": ep.task_type, "won": bool(ep.success),
                 "turns": len(ep.turns), "admissible": [int(t.action in t.admissible) for t in ep.turns],
                 "parsed": [int(bool(t.valid_format)) for t in ep.turns], "error": ep.error,
-            })
+            }
+            self._games.append(game)
             for key in ("overall", ep.task_type):
                 mean, count = self._metric(split, key, pl_module.device)
-                mean.update(float(ep.success))
+                mean.update(float(game["won"]))
                 count.update(1.0)
-            for t in ep.turns:
-                for key, ok in (("admissible_rate", t.action in t.admissible), ("format_rate", t.valid_format)):
-                    mean, count = self._metric(split, key, pl_module.device)
+            for key, flags in (("admissible_rate", game["admissible"]), ("format_rate", game["parsed"])):
+                mean, count = self._metric(split, key, pl_module.device)
+                for ok in flags:
                     mean.update(float(ok))
                     count.update(1.0)
 
@@ -133,14 +134,15 @@ class AlfworldEvaluation(L.Callback):
         suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         stamp = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         lines = "".join(json.dumps({**stamp, **g}) + "\n" for g in self._games)
-        if trainer.state.fn == "fit":
+        fit = trainer.state.fn == "fit"
+        name = Path(self.games_history_file if fit else self.games_file)
+        path = root / f"{name.stem}{suffix}{name.suffix}"
+        if fit:
             root.mkdir(parents=True, exist_ok=True)
-            path = root / self.games_history_file
-            with open(path.with_name(path.stem + suffix + path.suffix), "a") as f:
+            with open(path, "a") as f:
                 f.write(lines)
         else:
-            path = root / self.games_file
-            write_atomic(path.with_name(path.stem + suffix + path.suffix), lines)
+            write_atomic(path, lines)
 
     @rank_zero_only
     def _write(self, trainer, root: Path) -> None:
