@@ -119,6 +119,10 @@ class SageDataModule(L.LightningDataModule):
         max_tokens_per_micro_batch: padded-token budget of one forward/backward.
         seed: seed of game sampling, sampling and sample shuffling (offset by the epoch).
         dagger: rounds, noise and judge examples of ``source=dagger``.
+        track_expert: track alfworld's hand-coded expert in every game (always on with ``source=dagger``).
+            Privileged and never shown to a model: it gives each turn its offline label, so the epoch's
+            ``train/judge_agreement`` says how often the teacher judge agreed with it. Costs environment
+            time (the expert reads the game facts at every step).
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class SageDataModule(L.LightningDataModule):
         max_tokens_per_micro_batch: int = 8192,
         seed: int = 0,
         dagger: DaggerSpec | None = None,
+        track_expert: bool = False,
     ) -> None:
         super().__init__()
         check_choice("data.source", source, DATA_SOURCES)
@@ -169,6 +174,7 @@ class SageDataModule(L.LightningDataModule):
         self.max_tokens = max_tokens_per_micro_batch
         self.seed = seed
         self.dagger = dagger or DaggerSpec()
+        self.track_expert = bool(track_expert) or source == "dagger"
         self.pool: EnvPool | None = None
         self.player: Player | None = None
         # what `connect` brings from the LightningModule
@@ -201,7 +207,7 @@ class SageDataModule(L.LightningDataModule):
         """Start the environment workers once; a pool assigned from outside (tests, notebooks) is
         used as it is and left open."""
         if self.pool is None:
-            self.pool = EnvPool(num_workers=self.env_workers, max_steps=self.max_turns, expert=self.source == "dagger")
+            self.pool = EnvPool(num_workers=self.env_workers, max_steps=self.max_turns, expert=self.track_expert)
             self._own_pool = True
         if self.player is None or self.player.pool is not self.pool:
             self.player = Player(self.pool, self.prompt, self.rollout_spec, self.rollout_batch)
@@ -273,7 +279,7 @@ class SageDataModule(L.LightningDataModule):
                 games=games, pool=self.pool, prompt=self.prompt, tokenizer=tokenizer, rollout_spec=self.rollout_spec,
                 mix=mix, answer=self.prompt.template.expert_answer, judge=judge,
                 judge_examples=d.at(epoch, d.judge_examples), model=model, seed=seed, batch=self.rollout_batch,
-                label=f"teacher data round {epoch}", stop=self._stop_at_turn, judge_weight=d.judge_weight)
+                label=f"teacher data round {epoch}", stop=self._stop_at_turn, judge_weight=d.at(epoch, d.judge_weight))
         except RolloutStopped:  # the round is seeded: a resumed run replays it whole, the same
             raise preemption.Preempted(f"in teacher data round {epoch} (replayed from its start on resume)") from None
         return episodes

@@ -15,6 +15,7 @@ from sage.distill.annotate import Annotation
 from sage.plan import MicroBatch, OptimizerStep, plan_steps
 from sage.rollout.records import Episode
 from sage.samples import transcript_samples, window_samples
+from sage.teacher.labels import offline_labels
 
 
 @dataclass
@@ -50,13 +51,31 @@ class EpochPlanner:
         return Epoch(index, episodes, steps, stats)
 
 
+def judge_agreement(episodes: list[Episode]) -> dict[str, float]:
+    """How often the judge's label equals the turn's offline label (`sage.teacher.labels`), over the turns
+    that have both: the environment tracked the expert (``data.track_expert``) and a judge labelled the
+    turn with SKIP/WEAK/STRONG or SKIP/INTERVENE. Empty when there are none."""
+    pairs = []
+    for ep in episodes:
+        judged = [t.gate_label for t in ep.turns]
+        if not ep.turns or not all(g in ("SKIP", "WEAK", "STRONG", "INTERVENE") for g in judged):
+            continue
+        labels = ("SKIP", "INTERVENE") if "INTERVENE" in judged else ("SKIP", "WEAK", "STRONG")
+        pairs += [(g, lab) for t, g, lab in zip(ep.turns, judged, offline_labels(ep, labels), strict=True)
+                  if t.expert_action is not None]
+    if not pairs:
+        return {}
+    return {"judge_agreement": sum(a == b for a, b in pairs) / len(pairs), "judge_agreement_turns": float(len(pairs))}
+
+
 def episode_stats(episodes: list[Episode]) -> dict[str, float]:
-    """Per-epoch rollout summary: success, length, gate label rates, mean teacher confidence."""
+    """Per-epoch rollout summary: success, length, gate label rates, mean teacher confidence, and the
+    judge's agreement with the offline labels when the expert was tracked."""
     turns = [t for ep in episodes for t in ep.turns]
     n_ep, n_turn = max(1, len(episodes)), max(1, len(turns))
     labels = [str(t.gate_label or "").lower() for t in turns]
     conf = [c for t in turns if t.confidence for c in t.confidence]
-    return {
+    return judge_agreement(episodes) | {
         "episode_success": sum(ep.success for ep in episodes) / n_ep,
         "episode_length": sum(ep.length for ep in episodes) / n_ep,
         "invalid_format_rate": sum(not t.valid_format for t in turns) / n_turn,

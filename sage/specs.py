@@ -263,13 +263,14 @@ class DaggerSpec:
     """Verdicts the judge learns (model.gate.labels of the distillation runs that use this teacher)."""
     judge_history: int = 2
     """Earlier turns in each judge prompt (model.gate.judge_history of those runs)."""
-    judge_weight: float = 1.0
-    """Loss weight of a judge example's label tokens, relative to an acting token's (1.0). A judge example
-    trains only its label's 2-3 tokens, so at 1.0 the judge gets ~1 % of the loss (results/teacher/README.md)."""
+    judge_weight: list[float] = field(default_factory=lambda: [1.0])
+    """Loss weight of a judge example's label tokens in each round, relative to an acting token's (1.0). A judge
+    example trains only its label's 2-3 tokens, so at 1.0 the judge got ~1 % of the loss in the first rounds
+    of the shipped recipe (results/teacher/README.md)."""
 
     def __post_init__(self) -> None:
         for key, values in (("games", self.games), ("model_share", self.model_share),
-                            ("judge_examples", self.judge_examples)):
+                            ("judge_examples", self.judge_examples), ("judge_weight", self.judge_weight)):
             if not values:
                 raise SpecError(f"data.dagger.{key}=[] needs one value per round")
         for g in self.games:
@@ -284,7 +285,8 @@ class DaggerSpec:
             raise SpecError(f"data.dagger.random + invalid + repeat = {self.random + self.invalid + self.repeat:g} "
                             "must be <= 1")
         check_range("data.dagger.judge_history", self.judge_history, 0)
-        check_range("data.dagger.judge_weight", self.judge_weight, 0.0, low_open=True)
+        for w in self.judge_weight:
+            check_range("data.dagger.judge_weight", w, 0.0, low_open=True)
         self.judge_labels = tuple(self.judge_labels)
         if self.judge_labels not in (("SKIP", "WEAK", "STRONG"), ("SKIP", "INTERVENE")):
             raise SpecError(f"data.dagger.judge_labels=[{', '.join(self.judge_labels)}]; allowed: [SKIP, WEAK, STRONG] or "

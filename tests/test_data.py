@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from sage.data import SageDataModule, balanced
@@ -25,6 +27,24 @@ def test_episode_stats_count_gate_labels_and_success():
     assert stats["episode_success"] == 0.5 and stats["turns"] == 4.0
     assert (stats["gate/skip_rate"], stats["gate/weak_rate"], stats["gate/strong_rate"]) == (0.25, 0.25, 0.5)
     assert stats["gate_mean"] == pytest.approx(2.5 / 4) and stats["confidence_mean"] == pytest.approx(0.5)
+
+
+def test_judge_agreement_counts_judged_turns_with_an_offline_label():
+    arrive = {"feedback": "You arrive at desk 1.", "subgoal_before": 0, "subgoal_after": 0}
+    turns = [  # offline labels: SKIP (expert's action), WEAK (a detour), STRONG (fails), no expert tracked
+        make_turn(0, action="go to desk 1", expert_action="go to desk 1", gate_label="SKIP", **arrive),
+        make_turn(1, action="go to bed 1", expert_action="go to desk 1", gate_label="SKIP", **arrive),
+        make_turn(2, action="open bed 1", feedback="Nothing happens.", expert_action="go to desk 1", gate_label="STRONG"),
+        make_turn(3, action="look", gate_label="WEAK"),
+    ]
+    stats = episode_stats([make_episode(turns)])
+    assert stats["judge_agreement"] == pytest.approx(2 / 3) and stats["judge_agreement_turns"] == 3.0
+    # a two-level judge is scored on two-level labels: the detour is INTERVENE
+    two = [dataclasses.replace(t, gate_label=g) for t, g in zip(turns, ["SKIP", "INTERVENE", "INTERVENE", "SKIP"], strict=True)]
+    assert episode_stats([make_episode(two)])["judge_agreement"] == 1.0
+    # no judge (gate mode always) or no tracked expert: no figure
+    assert "judge_agreement" not in episode_stats([make_episode([make_turn(0, gate_label="ALWAYS")])])
+    assert "judge_agreement" not in episode_stats([make_episode([make_turn(0, gate_label="SKIP")])])
 
 
 @pytest.mark.parametrize("kwargs, match", [
