@@ -12,7 +12,10 @@ first N turns are the same.
 
 Beside success (0/1 per game, all-zero for weak agents), two turn-level rates say how far an agent is
 from playing at all: `val/<split>/admissible_rate` (the action was one of the environment's admissible
-commands at that observation) and `val/<split>/format_rate` (an `<action>` could be parsed).
+commands at that observation) and `val/<split>/format_rate` (an `<action>` could be parsed). Two more
+say how it plays: `val/<split>/repeat_rate` (the action repeats the game's previous one: stuck in a loop)
+and, with a teacher, `val/<split>/reverse_kl` (KL(student || teacher) per response token, a token mean
+over the split; records keep per turn its sum `kl` and its token count `kl_tokens`).
 """
 
 from __future__ import annotations
@@ -29,28 +32,52 @@ from sage.envs import TASK_TYPES
 from sage.io import write_atomic
 from sage.results import TURN_RATES
 
-RATE_ROWS = {"admissible_rate": "admissible actions (turns)", "format_rate": "parsed answers (turns)"}
+RATE_ROWS = {"admissible_rate": "admissible actions (turns)", "format_rate": "parsed answers (turns)",
+             "repeat_rate": "repeated actions (turns)", "reverse_kl": "reverse KL, nats/token (tokens)"}
+COUNT_OF = {"reverse_kl": "kl_tokens"}  # a turn rate's count in "turn_rates" when it is not "turns"
 
 
 def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[str, int]],
                  turn_rates: dict[str, dict[str, float]] | None = None) -> str:
-    """One table: success % per task type and overall (games), then the turn-level admissible-action
-    and answer-format rates (turns), with the splits side by side and the count beside each value."""
+    """One table: success % per task type and overall (games), then the turn-level rates (turns; the
+    reverse KL in nats per token, over tokens), with the splits side by side and the count beside each value."""
     splits = list(results)
     head = f"{'ALFWorld success (greedy)':<34}" + "".join(f"{s + ' %':>12}{'n':>6}" for s in splits)
     rule = "-" * len(head)
-    rows = [(key, {s: (results[s].get(key, float("nan")), counts[s].get(key, 0)) for s in splits})
+    rows = [(key, key, {s: (results[s].get(key, float("nan")), counts[s].get(key, 0)) for s in splits})
             for key in [*TASK_TYPES, "overall"]]
     if turn_rates:
-        rows += [(label, {s: (_or_nan(turn_rates.get(s, {}).get(key)), turn_rates.get(s, {}).get("turns", 0))
-                          for s in splits}) for key, label in RATE_ROWS.items()]
+        rows += [(key, label, {s: (_or_nan(turn_rates.get(s, {}).get(key)),
+                                   turn_rates.get(s, {}).get(COUNT_OF.get(key, "turns"), 0)) for s in splits})
+                 for key, label in RATE_ROWS.items()]
     lines = [head, rule]
-    for i, (key, cells) in enumerate(rows):
+    for i, (key, label, cells) in enumerate(rows):
         if i in (len(TASK_TYPES), len(TASK_TYPES) + 1):
             lines.append(rule)
-        lines.append(f"{key:<34}" + "".join(
-            f"{'-' if n == 0 or math.isnan(v) else f'{100 * v:.1f}':>12}{n:>6}" for v, n in cells.values()))
+        lines.append(f"{label:<34}" + "".join(
+            f"{'-' if n == 0 or math.isnan(v) else _shown(key, v):>12}{n:>6}" for v, n in cells.values()))
     return "\n".join(lines)
+
+
+def game_record(split: str, ep) -> dict:
+    """One game's record, per turn where a rate needs it, so that `sage.eval_games.summarize` recomputes
+    every figure at any shorter turn limit. ``kl``/``kl_tokens`` are null when no teacher scored the game."""
+    actions = [t.action for t in ep.turns]
+    scored = bool(ep.turns) and all(t.eval_kl is not None for t in ep.turns)
+    return {
+        "split": split, "game_id": ep.game_id, "task_type": ep.task_type, "won": bool(ep.success),
+        "turns": len(ep.turns), "admissible": [int(t.action in t.admissible) for t in ep.turns],
+        "parsed": [int(bool(t.valid_format)) for t in ep.turns],
+        "repeat": [int(k > 0 and bool(a) and a == actions[k - 1]) for k, a in enumerate(actions)],  # parsed only
+        "kl": [float(t.eval_kl) for t in ep.turns] if scored else None,
+        "kl_tokens": [int(t.eval_kl_tokens) for t in ep.turns] if scored else None,
+        "error": ep.error,
+    }
+
+
+def _shown(key: str, value: float) -> str:
+    """Rates print in %, the reverse KL in nats per token (it is no fraction)."""
+    return f"{value:.3f}" if key == "reverse_kl" else f"{100 * value:.1f}"
 
 
 def _or_nan(rate: float | None) -> float:
@@ -93,21 +120,24 @@ class AlfworldEvaluation(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         split = trainer.datamodule.split_key(dataloader_idx)
         for ep in outputs["episodes"]:
-            game = {  # the game's record; the metrics below count from it
-                "split": split, "game_id": ep.game_id, "task_type": ep.task_type, "won": bool(ep.success),
-                "turns": len(ep.turns), "admissible": [int(t.action in t.admissible) for t in ep.turns],
-                "parsed": [int(bool(t.valid_format)) for t in ep.turns], "error": ep.error,
-            }
+            game = game_record(split, ep)  # the metrics below count from it
             self._games.append(game)
             for key in ("overall", ep.task_type):
                 mean, count = self._metric(split, key, pl_module.device)
                 mean.update(float(game["won"]))
                 count.update(1.0)
-            for key, flags in (("admissible_rate", game["admissible"]), ("format_rate", game["parsed"])):
+            for key, flags in (("admissible_rate", game["admissible"]), ("format_rate", game["parsed"]),
+                               ("repeat_rate", game["repeat"])):
                 mean, count = self._metric(split, key, pl_module.device)
                 for ok in flags:
                     mean.update(float(ok))
                     count.update(1.0)
+            if game["kl"] is not None:  # a token mean: each turn weighs its token count
+                mean, count = self._metric(split, "reverse_kl", pl_module.device)
+                for kl, n in zip(game["kl"], game["kl_tokens"], strict=True):
+                    if n:
+                        mean.update(kl / n, weight=float(n))
+                        count.update(float(n))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self.results, self.counts, self.turn_rates = {}, {}, {}
@@ -115,7 +145,9 @@ class AlfworldEvaluation(L.Callback):
             n = int(count.compute().item())
             value = float(mean.compute().item()) if n else float("nan")
             if key in TURN_RATES:
-                self.turn_rates.setdefault(split, {"turns": n})[key] = None if math.isnan(value) else value
+                rates = self.turn_rates.setdefault(split, {})
+                rates[COUNT_OF.get(key, "turns")] = n
+                rates[key] = None if math.isnan(value) else value
                 if n:
                     pl_module.log(f"val/{split}/{key}", value, batch_size=n, add_dataloader_idx=False)
                 continue
@@ -153,7 +185,7 @@ class AlfworldEvaluation(L.Callback):
             "global_step": trainer.global_step,
             "success": success,  # fraction of games won; null where the split has no game of that type
             "games": self.counts,
-            "turn_rates": self.turn_rates,  # per split: admissible_rate, format_rate, turns counted
+            "turn_rates": self.turn_rates,  # per split: the TURN_RATES, turns (and KL tokens) counted
         }
         if trainer.state.fn == "fit":
             with open(root / self.history_file, "a") as f:

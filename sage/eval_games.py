@@ -3,7 +3,7 @@
 A greedy run with a turn limit of 50 plays, in its first N turns, exactly what a run limited to N plays
 (no prompt mentions the limit, and the batch of live games is the same until turn N), so one 50-turn
 run gives the 30-turn figures too: a game counts as won at N if it was won within N turns, and the
-turn-level rates count its first N turns.
+turn-level rates count its first N turns (the reverse KL: their tokens).
 
     python -m sage.eval_games RUN/eval_games.jsonl --max-turns 30 [--out figures.json]
 """
@@ -34,8 +34,13 @@ def summarize(records: list[dict], max_turns: int | None = None) -> dict:
             success[split][key] = sum(won[id(r)] for r in sel) / len(sel) if sel else None
         adm = [a for r in rows for a in r["admissible"][:n]]
         par = [p for r in rows for p in r["parsed"][:n]]
+        rep = [x for r in rows for x in (r.get("repeat") or [])[:n]]  # older records have none
+        kl = sum(sum(r["kl"][:n]) for r in rows if r.get("kl") is not None)
+        tokens = sum(sum(r["kl_tokens"][:n]) for r in rows if r.get("kl") is not None)
         rates[split] = {"turns": len(adm), "admissible_rate": sum(adm) / len(adm) if adm else None,
-                        "format_rate": sum(par) / len(par) if par else None}
+                        "format_rate": sum(par) / len(par) if par else None,
+                        "repeat_rate": sum(rep) / len(rep) if rep else None,
+                        "kl_tokens": tokens, "reverse_kl": kl / tokens if tokens else None}
     return {"max_turns": max_turns, "success": success, "games": games, "turn_rates": rates}
 
 

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from sage.distill.annotate import Annotator
+from sage.distill.eval_kl import turn_kl
 from sage.distill.fused import chunked_token_loss
 from sage.distill.gate import make_gate
 from sage.distill.judge_prompt import JudgePrompt
@@ -240,8 +241,16 @@ class SageModule(L.LightningModule):
 
     # -- evaluation -------------------------------------------------------------------------------
     def validation_step(self, episodes: list[Episode], batch_idx: int, dataloader_idx: int = 0):
-        """The DataModule played the batch's games greedily with this student; the evaluation callback
+        """The DataModule played the batch's games greedily with this student; with a teacher, each turn
+        gets its reverse KL to the teacher (`Turn.eval_kl`); the evaluation callback
         (`callbacks.AlfworldEvaluation`) counts them."""
+        if self.teacher is not None:
+            budget = getattr(self.trainer.datamodule, "max_tokens", 8192)
+            per_turn = turn_kl(self.student, self.teacher, episodes, self.vocab_rows, budget,
+                               self.loss_spec.chunk_tokens)
+            for ep, scores in zip(episodes, per_turn, strict=True):
+                for t, (kl, n) in zip(ep.turns, scores, strict=True):
+                    t.eval_kl, t.eval_kl_tokens = kl, n
         return {"episodes": episodes, "split_index": dataloader_idx}
 
     # -- checkpoints: the trainable student only ---------------------------------------------------

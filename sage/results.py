@@ -19,7 +19,9 @@ from sage.io import write_atomic
 
 SPLITS = ("seen", "unseen")
 KEYS = ("overall", *TASK_TYPES)
-TURN_RATES = ("admissible_rate", "format_rate")  # turn-level; eval_results.json "turn_rates" (callbacks.evaluation)
+# turn-level figures; eval_results.json "turn_rates" (callbacks.evaluation). reverse_kl is a token mean
+# (nats, null without a teacher), the others fractions of turns.
+TURN_RATES = ("admissible_rate", "format_rate", "repeat_rate", "reverse_kl")
 BASELINE = "opd"
 NA = "n/a"
 EPOCH_METRICS = (

@@ -46,6 +46,10 @@ class Turn:
     # A fixed factor on this turn's token weights, set by its data source and left alone by the gate (the
     # teacher recipe's judge examples: data.dagger.judge_weight). Its tokens weigh gate x weight x kappa.
     weight: float = 1.0
+    # Evaluation only (`sage.distill.eval_kl`, set in validation_step when there is a teacher): the sum over
+    # this turn's response tokens of KL(student || teacher), and how many tokens it sums. None: not scored.
+    eval_kl: float | None = None
+    eval_kl_tokens: int = 0
 
 
 @dataclass
