@@ -167,6 +167,9 @@ class GateSpec:
     (first_token when the labels' first tokens differ)."""
     max_batch: int = 16
     """Judge prompts per teacher forward."""
+    calibrated: bool = True
+    """Add the teacher's shipped label calibration to the verdict log-probabilities before the argmax, when
+    the teacher has one for these labels (`sage.teacher.calibrate`; false: the raw argmax)."""
 
     def __post_init__(self) -> None:
         check_choice("model.gate.mode", self.mode, GATE_MODES)

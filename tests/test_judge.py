@@ -135,3 +135,42 @@ def test_configuration_errors(tok, biased):
         "SKIP": 0.0, "WEAK": 0.25, "INTERVENE": 1.0}
     with pytest.raises(ValueError, match="unknown field"):
         JudgePrompt(user="{verdict}").messages(THREE, "t", [], "o", "r", "f")
+
+
+def test_a_shipped_calibration_shifts_the_verdicts_and_can_be_switched_off(tok, biased):
+    """Offsets (model attribute set by sage.shipped) are added to the label log-probs before the argmax."""
+    from sage.shipped import BIAS_ATTR
+
+    skip_ids = _label_ids(tok, THREE, biased)[0]
+    model = _set_bias(biased, skip_ids)  # the raw judge says SKIP everywhere, with p > 0.9
+    try:
+        setattr(model, BIAS_ATTR, {"SKIP,WEAK,STRONG": {"SKIP": 0.0, "WEAK": 0.0, "STRONG": 60.0},
+                                   "SKIP,INTERVENE": {"SKIP": 0.0, "INTERVENE": -1.0}})
+        raw, calibrated, two = _episodes(), _episodes(), _episodes()
+        TeacherJudge(GateSpec(labels=THREE, calibrated=False), model, tok, SHORT).judge(raw)
+        judge = TeacherJudge(GateSpec(labels=THREE), model, tok, SHORT)
+        judge.judge(calibrated)
+        TeacherJudge(GateSpec(labels=TWO), model, tok, SHORT).judge(two)
+        assert all(t.gate_label == "SKIP" for e in raw for t in e.turns)
+        assert all(t.gate_label == "STRONG" and t.gate == 1.0 for e in calibrated for t in e.turns)
+        assert all(t.gate_label == "SKIP" for e in two for t in e.turns)  # its own offsets, not the 3-label ones
+        for r, c in zip((t for e in raw for t in e.turns), (t for e in calibrated for t in e.turns), strict=True):
+            shifted = torch.softmax(torch.tensor([r.gate_probs[x] for x in THREE]).double().log() + judge.bias, -1)
+            assert [c.gate_probs[x] for x in THREE] == pytest.approx(shifted.tolist(), abs=1e-9)
+    finally:
+        delattr(model, BIAS_ATTR)
+
+
+def test_fitted_offsets_undo_a_label_prior():
+    """Scores that rank the truth first up to a constant prior on one label: the fit finds the offset that
+    makes every verdict right, and the smallest such one; the raw argmax says that label everywhere."""
+    from sage.teacher.calibrate import fit_offsets
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 3, (300,), generator=g)
+    logp = torch.nn.functional.one_hot(truth, 3).double() * 1.0 + torch.rand(300, 3, generator=g, dtype=torch.float64) * 0.5
+    logp[:, 2] += 2.0  # a prior that makes the raw argmax say label 2 on every row
+    assert bool((logp.argmax(-1) == 2).all())
+    offsets = fit_offsets(logp, truth)
+    assert offsets[0] == 0.0 and bool(((logp + offsets).argmax(-1) == truth).all())
+    assert offsets[1] == 0.0 and -2.5 <= float(offsets[2]) <= -1.5  # the prior undone, within the margins

@@ -94,6 +94,7 @@ CASES: dict[str, tuple[str | None, str | None]] = {
     "model.gate.judge_history": ("x", "-1"),
     "model.gate.scoring": (None, "vote"),
     "model.gate.max_batch": ("x", "0"),
+    "model.gate.calibrated": ("maybe", None),
     "model.confidence.kind": (None, "entropy"),
     "model.confidence.min": ("x", "1.5"),
     "model.confidence.turn_average": ("maybe", None),

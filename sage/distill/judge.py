@@ -26,6 +26,7 @@ from sage.forward import (
 from sage.progress import Phase
 from sage.rollout.chat import ChatCodec
 from sage.rollout.records import Episode
+from sage.shipped import BIAS_ATTR
 from sage.specs import GateSpec
 
 
@@ -40,7 +41,9 @@ class TeacherJudge:
     ``first_token`` reads p(first token of each label) from one forward per prompt; ``full`` scores each
     whole label continuation (sum of token log-probs, one forward per prompt x label); ``auto`` uses
     ``first_token`` when the labels' first tokens are distinct, else ``full``. Probabilities are
-    renormalized over the label set; the label is their argmax.
+    renormalized over the label set; the label is their argmax. A teacher shipped with a label calibration
+    (`sage.shipped`, ``spec.calibrated``) has its per-label offsets added to the log-probabilities first:
+    ``gate_probs`` are then the calibrated probabilities.
     """
 
     def __init__(self, spec: GateSpec, model, tokenizer, prompt: JudgePrompt | None = None):
@@ -50,6 +53,9 @@ class TeacherJudge:
         self.judge_history, self.max_batch, self.scoring = spec.judge_history, spec.max_batch, spec.scoring
         self.prompt = prompt or JudgePrompt()
         self.model, self.tokenizer = model, tokenizer
+        table = (getattr(model, BIAS_ATTR, None) or {}) if spec.calibrated else {}
+        offsets = table.get(",".join(self.labels))
+        self.bias = None if offsets is None else torch.tensor([offsets[lab] for lab in self.labels], dtype=torch.float64)
 
     @classmethod
     def from_spec(cls, spec: GateSpec, prompt: JudgePrompt | None, teacher, tokenizer) -> TeacherJudge:
@@ -137,7 +143,8 @@ class TeacherJudge:
         texts = [self.prompt_text(e, k) for e, k in items]
         label_ids = self.label_token_ids(texts[0])
         with Phase("judge", total=len(items), unit="turn") as phase:
-            probs = torch.softmax(self.label_logprobs([self._encode(s) for s in texts], label_ids, phase), dim=-1)
+            logp = self.label_logprobs([self._encode(s) for s in texts], label_ids, phase)
+            probs = torch.softmax(logp if self.bias is None else logp + self.bias, dim=-1)
             for (e, k), p in zip(items, probs, strict=True):
                 t = e.turns[k]
                 t.gate_probs = {lab: float(x) for lab, x in zip(self.labels, p, strict=True)}

@@ -8,7 +8,9 @@ turns: detours, failed commands, repeats) or ``sampled`` (the judged model itsel
 temperature 1; the expert only labels). Every turn gets its offline label (sage.teacher.labels) and two
 verdicts: the teacher judge's (``model.gate.mode: teacher_judge``, P(label) from its next-token
 probabilities) and the rule gate's (``feedback_rule``). Reported: the confusion matrices, accuracy and the
-AUROC of P(SKIP) against "the offline label is SKIP" (the rule's P(SKIP) is 0 or 1).
+AUROC of P(SKIP) against "the offline label is SKIP" (the rule's P(SKIP) is 0 or 1). A teacher shipped with a
+judge calibration (sage.teacher.calibrate) is judged as distillation uses it, calibrated; its uncalibrated
+figures come from the same scores.
 Prompts and rollout settings are read from the given configs (default configs/base.yaml), so the judge
 sees exactly what it sees in distillation.
 """
@@ -104,12 +106,20 @@ def evaluate(model_name: str, split: str, n_games: int, policy: str, configs: li
     r_turns = [t for e in ruled for t in e.turns]
     rule_pred = ["SKIP" if t.gate_label == "SKIP" else ("INTERVENE" if "INTERVENE" in labels else "STRONG")
                  for t in r_turns]
+    raw = {}
+    if teacher.bias is not None:  # the same scores without the shipped calibration's offsets
+        p = torch.softmax(torch.tensor([[t.gate_probs[x] for x in labels] for t in t_turns]).double().log()
+                          - teacher.bias, dim=-1)
+        raw = {"calibration": dict(zip(labels, teacher.bias.tolist(), strict=True)),
+               "teacher_judge_uncalibrated": scores(offline, p[:, labels.index("SKIP")].tolist(),
+                                                    [labels[int(i)] for i in p.argmax(-1)], list(labels))}
     return {
         "model": model_name, "split": split, "games": len(episodes), "policy": policy, "turns": len(offline),
         "max_turns": max_turns, "seed": seed, "offline_label_counts": {x: offline.count(x) for x in labels},
         "teacher_judge": scores(offline, [t.gate_probs["SKIP"] for t in t_turns], [t.gate_label for t in t_turns],
                                 list(labels)),
         "feedback_rule": scores(offline, [t.gate_probs["SKIP"] for t in r_turns], rule_pred, list(labels)),
+        **raw,
         "seconds_play": round(played, 1), "seconds_judge": round(judge_seconds, 1),
     }
 

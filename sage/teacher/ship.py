@@ -5,7 +5,8 @@ from the adapter folder that `ExportStudent(adapter_only=true)` wrote:
     python -m sage.teacher.ship runs/teacher/version_0/checkpoints/last.ckpt
 
 Only the adapter (adapter_config.json + adapter_model.safetensors) is kept; its base-model field names
-the offline alias instead of this machine's cache path, and a SOURCE.json records where it came from.
+the offline alias instead of this machine's cache path, and a SOURCE.json records where it came from. A
+judge calibration of the previous adapter (`sage.teacher.calibrate`) is removed: it belongs to that one.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def ship(source: Path, name: str) -> Path:
             adapter_from_checkpoint(source, folder)
         config = json.loads((folder / FILES[0]).read_text())
         config["base_model_name_or_path"] = base
+        if isinstance(config.get("target_modules"), list):  # peft writes a set's order: sorted, diffs stay stable
+            config["target_modules"] = sorted(config["target_modules"])
         (folder / FILES[0]).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         digest = hashlib.sha256((folder / FILES[1]).read_bytes()).hexdigest()
         (folder / "SOURCE.json").write_text(json.dumps(
