@@ -2,132 +2,42 @@
 then aggregate the results (`sage.results`) and draw the plots (`sage.plots`).
 
     sage experiment --matrix configs/experiments/cpu_small.yaml [--dry-run] [--only CELL ...]
-                    [--seeds S ...] [--output DIR] [--aggregate-only]
+                    [--seeds S ...] [--output DIR] [--aggregate-only] [--commit]
 
 Each cell x seed is a fresh process (nothing leaks between runs) logging into
 `<output>/runs/<cell>/seed_<S>/` (fit) and its `validate/` subfolder (a second CSVLogger there would
-otherwise delete the fit's metrics.csv). The run's `eval_results.json` is copied up into the run dir
-last, so its presence marks a finished run: reruns skip it, anything else is redone from scratch.
+otherwise delete the fit's metrics.csv). The run's `run.json` (wall seconds, commands, git commit) then
+its `eval_results.json` are written into the run dir last, so the latter marks a finished run: reruns
+skip it, anything else is redone from scratch.
+
+The matrix's keys are in `sage.matrix`. With its `results:` folder (`sage.archive`), each finished
+run's small files are copied there, tables and plots are read from and written there (re-rendered after
+each run), and a run found there counts as done even when its run dir is gone (a later session).
+`--commit` then commits exactly those files after each run (nothing else the working tree holds).
+`--aggregate-only` rebuilds the tables and plots from the results folder alone, byte for byte.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from sage.errors import ArgumentParser, InputError, UsageError
+from sage import archive
+from sage.archive import DONE_FILE
+from sage.errors import ArgumentParser, UsageError
 from sage.io import write_atomic
+from sage.matrix import Cell, Matrix, MatrixError, cli_args, load_matrix
 from sage.paths import check_writable_dir
 
-DONE_FILE = "eval_results.json"
-
-
-@dataclass
-class Cell:
-    """One method or ablation: configs passed as repeated --config, extra CLI overrides, and whether
-    to train (False: evaluate the initial student only, e.g. zero-shot or the teacher itself)."""
-
-    name: str
-    configs: list[str]
-    args: list[str] = field(default_factory=list)
-    fit: bool = True
-    label: str | None = None
-    seeds: list[int] | None = None  # overrides the matrix's seeds (a deterministic baseline needs one)
-
-
-@dataclass
-class Matrix:
-    name: str
-    output: Path
-    seeds: list[int]
-    cells: list[Cell]
-    common_args: list[str] = field(default_factory=list)  # before each cell's args, so cells override them
-    baseline: str = "opd"  # the cell the relative changes refer to
-
-
-def cli_args(args) -> list[str]:
-    """Overrides from YAML: a list of CLI tokens, or a mapping `dotted.key: value` -> `--dotted.key value`
-    (None -> null, bools lower-case, lists as `[a,b]`)."""
-    if args is None:
-        return []
-    if isinstance(args, list):
-        return [str(a) for a in args]
-    out = []
-    for key, value in args.items():
-        out += [f"--{key}", _cli_value(value)]
-    return out
-
-
-def _cli_value(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_cli_value(v) for v in value) + "]"
-    return str(value)
-
-
-class MatrixError(InputError, ValueError):
-    """A --matrix file that is missing, unreadable or not a matrix."""
-
-
-def _read_matrix(path: str | Path) -> dict:
-    """The matrix YAML as a mapping with a ``cells`` mapping, or one `MatrixError` line saying why not."""
-    p = Path(path)
-    if not p.is_file():
-        raise MatrixError(f"--matrix={str(path)!r}: no such file (e.g. configs/experiments/cpu_small.yaml)")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MatrixError(f"--matrix={str(path)!r} cannot be read: {exc}") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise MatrixError(f"--matrix={str(path)!r} is not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), dict) or not raw["cells"]:
-        raise MatrixError(f"--matrix={str(path)!r} is not a matrix: it needs a `cells:` mapping of cell name -> "
-                          "{configs, args, fit, seeds} (see configs/experiments/cpu_small.yaml)")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(isinstance(x, int) and x >= 0 for x in seeds):
-        raise MatrixError(f"--matrix={str(path)!r}: seeds={seeds!r} must be a list of integers >= 0")
-    return raw
-
-
-def load_matrix(path: str | Path) -> Matrix:
-    raw = _read_matrix(path)
-    cells = []
-    for name, spec in raw["cells"].items():
-        spec = spec or {}
-        configs = spec.get("configs") or []
-        seeds = spec.get("seeds")
-        cells.append(
-            Cell(
-                name,
-                [configs] if isinstance(configs, str) else list(configs),
-                cli_args(spec.get("args")),
-                bool(spec.get("fit", True)),
-                spec.get("label"),
-                None if seeds is None else [int(x) for x in seeds],
-            )
-        )
-    return Matrix(
-        name=raw.get("name", Path(path).stem),
-        output=Path(raw.get("output", f"runs/experiments/{Path(path).stem}")),
-        seeds=[int(s) for s in raw.get("seeds", [0])],
-        cells=cells,
-        common_args=cli_args(raw.get("common_args")),
-        baseline=raw.get("baseline", "opd"),
-    )
+__all__ = ["Cell", "Matrix", "MatrixError", "cli_args", "load_matrix", "fit_command", "validate_command",
+           "run"]  # the matrix's names stay importable from here
 
 
 # -- commands -----------------------------------------------------------------------------------------
@@ -169,7 +79,9 @@ def fit_command(matrix: Matrix, cell: Cell, seed: int) -> list[str]:
 
 def validate_command(matrix: Matrix, cell: Cell, seed: int, ckpt: Path | None) -> list[str]:
     d = run_dir(matrix, cell, seed)
-    cmd = [*sage_command(), "validate", *_base(matrix, cell, seed), *_logger(d.parent, d.name, "validate")]
+    extra = [*matrix.validate_args, *cell.validate_args]
+    cmd = [*sage_command(), "validate", *_base(matrix, cell, seed), *extra,
+           *_logger(d.parent, d.name, "validate")]
     return cmd + (["--ckpt_path", str(ckpt)] if ckpt else [])
 
 
@@ -194,23 +106,32 @@ def _tail(log: Path, n: int = 15) -> str:
     return "\n".join("    " + line for line in lines[-n:])
 
 
-def run_one(matrix: Matrix, cell: Cell, seed: int) -> str:
-    """Fit (if the cell trains) then validate one cell x seed; returns "skipped", "ok" or "failed"."""
+def run_one(matrix: Matrix, cell: Cell, seed: int, commit: bool = False) -> str:
+    """Fit (if the cell trains) then validate one cell x seed; returns "skipped", "ok" or "failed". With a
+    results folder the finished run is copied there (`publish`), and a run found there is done."""
     d, tag = run_dir(matrix, cell, seed), f"[{cell.name}/seed_{seed}]"
+    kept = archive.seed_folder(matrix.results, cell.name, seed) if matrix.results is not None else None
+    if kept is not None and (kept / DONE_FILE).is_file():
+        print(f"{tag} skipped: {kept / DONE_FILE} exists", flush=True)
+        return "skipped"
     if (d / DONE_FILE).is_file():
         print(f"{tag} skipped: {d / DONE_FILE} exists", flush=True)
+        if kept is not None:  # finished, not yet copied: a crash in between, or `results:` added since
+            publish(matrix, cell, seed, commit)
         return "skipped"
     if d.exists():
         print(f"{tag} unfinished run found: removing {d} and starting over", flush=True)
         shutil.rmtree(d)
     d.mkdir(parents=True)
-    t0 = time.perf_counter()
-    ckpt = None
+    head, t0 = archive.head_commit(), time.perf_counter()
+    ckpt, fit_cmd, fit_seconds = None, None, None
     if cell.fit:
         print(f"{tag} fit (log: {d / 'fit.log'})", flush=True)
-        if _run(fit_command(matrix, cell, seed), d / "fit.log") != 0:
+        fit_cmd = fit_command(matrix, cell, seed)
+        if _run(fit_cmd, d / "fit.log") != 0:
             print(f"{tag} FAILED in fit:\n{_tail(d / 'fit.log')}", flush=True)
             return "failed"
+        fit_seconds = time.perf_counter() - t0
         ckpt = newest_checkpoint(d)
         if ckpt is None:  # Lightning saves nothing when no optimizer step happened (e.g. every turn skipped)
             print(
@@ -218,32 +139,66 @@ def run_one(matrix: Matrix, cell: Cell, seed: int) -> str:
                 flush=True,
             )
     print(f"{tag} validate{' ' + ckpt.name if ckpt else ''} (log: {d / 'validate.log'})", flush=True)
-    rc = _run(validate_command(matrix, cell, seed, ckpt), d / "validate.log")
+    t1, val_cmd = time.perf_counter(), validate_command(matrix, cell, seed, ckpt)
+    rc = _run(val_cmd, d / "validate.log")
     result = d / "validate" / DONE_FILE
     if rc != 0 or not result.is_file():
         print(f"{tag} FAILED in validate (rc={rc}):\n{_tail(d / 'validate.log')}", flush=True)
         return "failed"
+    archive.write_run_info(d, fit_seconds, time.perf_counter() - t1, fit_cmd and shlex.join(fit_cmd),
+                           shlex.join(val_cmd), head)
     write_atomic(d / DONE_FILE, result.read_bytes())
     print(f"{tag} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    if kept is not None:
+        publish(matrix, cell, seed, commit)
     return "ok"
 
 
-def finish(matrix: Matrix, cells: list[Cell]) -> None:
-    """Tables and plots over the matrix's cells (all of them, not only those run now)."""
+def publish(matrix: Matrix, cell: Cell, seed: int, commit: bool) -> None:
+    """Copy a finished run into the results folder and re-render the tables and plots there, so that they
+    are always current; with `commit`, commit exactly those files (a git failure is one line, no stop)."""
+    from sage.results import run_seconds
+
+    tag, dest = f"[{cell.name}/seed_{seed}]", archive.seed_folder(matrix.results, cell.name, seed)
+    files = archive.archive_run(run_dir(matrix, cell, seed), dest)
+    outputs = finish(matrix, matrix.cells, quiet=True)
+    print(f"{tag} copied to {dest}; tables and plots re-rendered in {matrix.results}", flush=True)
+    if commit:
+        wall = run_seconds(json.loads((dest / archive.RUN_INFO).read_text()))
+        seconds = "?" if wall is None else f"{wall:.0f}"
+        message = f"results/{matrix.name}: {cell.name} seed {seed} ({seconds} s)"
+        error = archive.commit(files + outputs, message)
+        said = f"committed: {message}" if error is None else f"not committed: {error}"
+        print(f"{tag} {said}", flush=True)
+
+
+def finish(matrix: Matrix, cells: list[Cell], quiet: bool = False) -> list[Path]:
+    """Tables and plots over the matrix's cells (all of them, not only those run now), from and into the
+    results folder when the matrix has one, else its output; returns the files written."""
     from sage.plots import make_plots
     from sage.results import write_results
 
+    root = matrix.output if matrix.results is None else matrix.results
     names = [c.name for c in cells]
     labels = {c.name: c.label or c.name for c in cells}
-    write_results(matrix.output, names, labels, baseline=matrix.baseline, title=f"Results: {matrix.name}")
-    pngs = make_plots(matrix.output, names, labels, fitted=[c.name for c in cells if c.fit])
-    print(f"wrote {matrix.output / 'results.md'}, results.csv, epochs.csv and {len(pngs)} plots:", flush=True)
-    for p in pngs:
-        print(f"  {p}", flush=True)
+    write_results(root, names, labels, baseline=matrix.baseline, title=f"Results: {matrix.name}")
+    fitted = [c.name for c in cells if c.fit]
+    pngs = make_plots(root, names, labels, fitted=fitted, start_cell=matrix.start_cell)
+    if not quiet:
+        print(f"wrote {root / 'results.md'}, results.csv, epochs.csv and {len(pngs)} plots:", flush=True)
+        for p in pngs:
+            print(f"  {p}", flush=True)
+    return [root / "results.md", root / "results.csv", root / "epochs.csv", *pngs]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = ArgumentParser(prog="sage experiment", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(
+        prog="sage experiment",
+        description=__doc__.split("\n\n")[0],
+        epilog="Matrix keys (sage.matrix): cells, name, output, seeds, common_args, validate_args (final "
+        "validate only), baseline, start_cell (learning curves' x=0), results (a folder for the committed "
+        "copies of finished runs; a run found there is done even when runs/ is gone).",
+    )
     p.add_argument("--matrix", required=True, help="matrix YAML, e.g. configs/experiments/cpu_small.yaml")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument(
@@ -251,7 +206,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", nargs="+", type=int, help="override the matrix's seeds")
     p.add_argument("--output", help="override the matrix's output dir")
-    p.add_argument("--aggregate-only", action="store_true", help="only rebuild tables and plots")
+    p.add_argument(
+        "--aggregate-only",
+        action="store_true",
+        help="only rebuild tables and plots (from the matrix's `results:` folder when it has one: "
+        "no runs/ needed)",
+    )
+    p.add_argument(
+        "--commit",
+        action="store_true",
+        help="after each finished run, git-commit exactly its files in the `results:` folder and the "
+        "re-rendered tables and plots (nothing else); a git failure prints one line and the matrix goes on",
+    )
     return p.parse_args(argv)
 
 
@@ -264,6 +230,11 @@ def run(argv: list[str] | None = None) -> int:
     if a.output:
         matrix.output = Path(a.output)
     check_writable_dir("--output" if a.output else "the matrix's output", matrix.output)
+    check_writable_dir("the matrix's results", matrix.results)
+    if a.commit and matrix.results is None:
+        raise UsageError(
+            f"sage experiment: --commit needs a `results:` folder in {a.matrix} (e.g. results/cpu_v2)"
+        )
     if a.seeds:  # also replaces the cells' own seed lists
         matrix.seeds = a.seeds
         for cell in matrix.cells:
@@ -290,7 +261,7 @@ def run(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         for cell in todo:
             for seed in cell_seeds(matrix, cell):
-                if run_one(matrix, cell, seed) == "failed":
+                if run_one(matrix, cell, seed, a.commit) == "failed":
                     failed.append(f"{cell.name}/seed_{seed}")
         n = sum(len(cell_seeds(matrix, c)) for c in todo)
         print(

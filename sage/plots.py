@@ -7,12 +7,13 @@
 - `gate_vs_epoch.png`: the turn gate's SKIP/WEAK/STRONG rates and the mean teacher confidence per epoch.
 - `episode_<cell>_seed<S>_epoch<N>.png`: one training episode turn by turn (teacher confidence coloured
   by the gate's verdict, with the action and environment feedback of each turn), to see what SAGE skips.
+- `curves_vs_turns.png`: success and reverse KL against cumulative student rollout turns (`sage.curves`).
+
+PNGs carry no version tag or timestamp: the same inputs give the same bytes (committed plots re-render).
 """
 
 from __future__ import annotations
 
-import json
-import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from sage.io import atomic_path  # noqa: E402
 from sage.results import (  # noqa: E402
     SPLITS,
     eval_value,
@@ -32,13 +34,6 @@ from sage.results import (  # noqa: E402
     seed_dirs,
 )
 
-GATE_COLORS = {
-    "SKIP": "#9e9e9e",
-    "WEAK": "#f0a030",
-    "STRONG": "#d03030",
-    "INTERVENE": "#d03030",
-    None: "#4a78c0",
-}
 PANELS = {
     "seen": "valid_seen (greedy)",
     "unseen": "valid_unseen (greedy)",
@@ -126,7 +121,7 @@ def plot_final(values: dict, path: Path) -> Path:
     handles = [Patch(color=c, alpha=0.55, label=PANELS[s]) for s, c in colors.items()]
     axes[-1].legend(handles=handles, loc="lower right", fontsize=9)
     fig.suptitle("Final evaluation (greedy): bar = mean over seeds, dots = seeds")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def last_epoch(output, cell: str) -> int | None:
@@ -200,7 +195,7 @@ def plot_success(curves: dict, finals: dict, baselines: dict, path: Path) -> Pat
         names.append("final validate")
     axes[-1].legend(handles, names, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
     fig.suptitle("ALFWorld success: validations during fit (o) and the final `sage validate` (*)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _gated(curves: dict) -> bool:
@@ -226,103 +221,18 @@ def plot_gate(curves: dict, path: Path) -> Path:
         ax.set_ylim(-0.03, 1.03)
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
     fig.suptitle("Turn gate and teacher confidence on the training rollouts (mean over seeds)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
-def plot_episode(episode: dict, path: Path, max_turns: int = 20) -> Path:
-    """Top: teacher confidence per turn, coloured by the gate label. Bottom: a table of the turns."""
-    turns = episode["turns"][:max_turns]
-    n = len(turns)
-    table_h = 0.28 * (n + 1)
-    fig, (ax, table_ax) = plt.subplots(
-        2, 1, figsize=(13, 3.0 + table_h), gridspec_kw={"height_ratios": [2.4, table_h]}
-    )
-    conf = [t.get("confidence_mean") for t in turns]
-    labels = [t.get("gate_label") for t in turns]
-    bars = ax.bar(
-        range(n), [c or 0.0 for c in conf], color=[GATE_COLORS.get(lbl, "#4a78c0") for lbl in labels]
-    )
-    for bar, c in zip(bars, conf, strict=True):  # the value, or n/a when the run scores no confidence
-        ax.annotate(
-            "n/a" if c is None else f"{c:.2f}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            xytext=(0, 2),
-            textcoords="offset points",
-            ha="center",
-            fontsize=7,
-        )
-    handles = [
-        Patch(color=GATE_COLORS.get(lbl, "#4a78c0"), label=lbl or "no label") for lbl in dict.fromkeys(labels)
-    ]
-    ax.set_xticks(range(n))
-    ax.set_xticklabels([str(k) for k in range(n)])  # turns are stored in order
-    ax.set_xlim(-0.6, n - 0.4)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("turn")
-    ax.set_ylabel("teacher confidence\n(mean over tokens)")
-    ax.legend(handles=handles, title="gate", loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    status = "won" if episode.get("won") else "not won"
-    ax.set_title(
-        textwrap.shorten(
-            f"{episode.get('task', '')} ({episode.get('task_type')}, epoch "
-            f"{episode.get('epoch')}, {status}, {episode.get('length')} steps)",
-            130,
-        )
-    )
-    table_ax.axis("off")
-    rows = [
-        [
-            str(k),
-            _short(t.get("action") or f"(invalid) {t.get('response') or ''}", 44),
-            t.get("gate_label") or "-",
-            "-" if t.get("confidence_mean") is None else f"{t['confidence_mean']:.2f}",
-            _short(t.get("feedback") or "", 80),
-        ]
-        for k, t in enumerate(turns)
-    ]
-    table = table_ax.table(
-        cellText=rows,
-        colLabels=["turn", "action", "gate", "conf.", "feedback"],
-        colWidths=[0.05, 0.3, 0.08, 0.06, 0.51],
-        bbox=[0, 0, 1, 1],
-        cellLoc="left",
-    )
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    for cell in table.get_celld().values():
-        cell.PAD = 0.02  # the default pads wide columns by 10% of their width
-    for i, lbl in enumerate(labels, start=1):
-        table[i, 2].set_facecolor(GATE_COLORS.get(lbl, "#ffffff") + "55")
-    return _save(fig, path)
 
-
-def _short(text: str, width: int) -> str:
-    return textwrap.shorten(" ".join(text.split()), width, placeholder="…") or "-"
-
-
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path) -> Path:
+    """Written atomically and without the PNG "Software" tag (the matplotlib version): the same figure gives
+    the same bytes, so committed plots re-render identically (Agg itself is deterministic)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path
-
-
-def pick_episode(output, cells: list[str]) -> tuple[str, int, Path, dict] | None:
-    """An informative episode: from the first cell with transcripts (callers order by preference), its
-    lowest seed's last epoch, the episode with the most distinct gate labels, then the longest."""
-    for cell in cells:
-        for seed, d in seed_dirs(output, cell).items():
-            files = sorted((d / "episodes").glob("epoch_*.jsonl"))
-            if not files:
-                continue
-            eps = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
-            eps = [e for e in eps if e.get("turns")]
-            if eps:
-                best = max(
-                    eps, key=lambda e: (len({t.get("gate_label") for t in e["turns"]}), len(e["turns"]))
-                )
-                return cell, seed, files[-1], best
-    return None
 
 
 def make_plots(
@@ -331,8 +241,13 @@ def make_plots(
     labels: dict[str, str] | None = None,
     fitted: list[str] | None = None,
     episode_cells=("sage_opd",),
+    start_cell: str | None = None,
 ) -> list[Path]:
-    """Every plot the available files allow; returns the PNG paths written into `output`."""
+    """Every plot the available files allow; returns the PNG paths written into `output`. `start_cell`:
+    the evaluation-only cell every learning curve against rollout turns starts from (`sage.curves`)."""
+    from sage.curves import make_turn_curves  # both draw with this module's helpers: imported late
+    from sage.episode_plot import pick_episode, plot_episode
+
     output, labels = Path(output), labels or {}
     fitted = cells if fitted is None else fitted
     written = []
@@ -359,4 +274,4 @@ def make_plots(
     if picked:
         cell, seed, file, ep = picked
         written.append(plot_episode(ep, output / f"episode_{cell}_seed{seed}_{file.stem}.png"))
-    return written
+    return written + make_turn_curves(output, cells, labels, fitted, start_cell)

@@ -1,8 +1,12 @@
 """Turn a finished experiment matrix into tables: mean ± std over seeds per cell, and per-epoch series.
 
 Pure functions over the files a run leaves behind (`eval_results.json`, `val_history.jsonl`,
-`metrics.csv`), so the tables can be rebuilt at any time (`sage experiment --aggregate-only`) and
-tested on hand-made inputs. Layout read: `<output>/runs/<cell>/seed_<S>/`.
+`metrics.csv`, `run.json`), so the tables can be rebuilt at any time (`sage experiment --aggregate-only`)
+and tested on hand-made inputs. Layout read: `<root>/runs/<cell>/seed_<S>/`, root being the matrix's
+`results:` folder (the committed copies) or its `output`.
+
+The outputs are committed and must re-render byte for byte from the same inputs: no timestamps or paths in
+them, seeds in numeric order, floats as Python's shortest repr (CSV) or fixed decimals (markdown).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ NA = "n/a"
 EPOCH_METRICS = (
     "train/loss_epoch",
     "train/episode_success",
+    "train/turns",  # rollout turns of the epoch (`sage.epoch.episode_stats`): the x of the learning curves
+    "train/judge_agreement",
     "train/gate/skip_rate",
     "train/gate/weak_rate",
     "train/gate/strong_rate",
@@ -42,14 +48,15 @@ def eval_value(payload: dict, section: str, split: str, key: str) -> float | Non
 
 
 def seed_dirs(output: str | Path, cell: str) -> dict[int, Path]:
-    """seed -> run dir, for every `seed_<S>` folder of a cell (finished or not)."""
+    """seed -> run dir, for every `seed_<S>` folder of a cell (finished or not), in numeric seed order
+    (seed_10 after seed_2: the order means are summed in, so it must not depend on the listing)."""
     root = Path(output) / "runs" / cell
     dirs = {}
-    for d in sorted(root.glob("seed_*")) if root.is_dir() else []:
+    for d in root.glob("seed_*") if root.is_dir() else []:
         tail = d.name.removeprefix("seed_")
         if d.is_dir() and tail.lstrip("-").isdigit():
             dirs[int(tail)] = d
-    return dirs
+    return dict(sorted(dirs.items()))
 
 
 def load_eval_results(output: str | Path, cell: str) -> dict[int, dict]:
@@ -58,6 +65,24 @@ def load_eval_results(output: str | Path, cell: str) -> dict[int, dict]:
     for seed, d in seed_dirs(output, cell).items():
         if (d / "eval_results.json").is_file():
             out[seed] = json.loads((d / "eval_results.json").read_text())
+    return out
+
+
+def run_seconds(info: dict) -> float | None:
+    """A run's wall time from its `run.json` (`sage.experiment`): fit + validate seconds (no fit: 0)."""
+    if info.get("validate_seconds") is None:
+        return None
+    return float(info.get("fit_seconds") or 0.0) + float(info["validate_seconds"])
+
+
+def load_wall_seconds(output: str | Path, cell: str) -> dict[int, float]:
+    """seed -> wall seconds of each finished seed with a `run.json` that has them."""
+    out = {}
+    for seed, d in seed_dirs(output, cell).items():
+        if (d / "eval_results.json").is_file() and (d / "run.json").is_file():
+            seconds = run_seconds(json.loads((d / "run.json").read_text()))
+            if seconds is not None:
+                out[seed] = seconds
     return out
 
 
@@ -87,6 +112,19 @@ def read_epoch_metrics(path: str | Path, names=EPOCH_METRICS) -> dict[int, dict[
     return {e: v for e, v in sorted(out.items()) if v}
 
 
+def cumulative_turns(metrics: dict[int, dict[str, float]]) -> dict[int, float]:
+    """epoch e -> `train/turns` summed over epochs 0..e, the student rollout turns a validation at the end
+    of epoch e has seen. Stops at the first epoch without a count (logs older than the column)."""
+    out, total = {}, 0.0
+    for e in range(max(metrics, default=-1) + 1):
+        turns = metrics.get(e, {}).get("train/turns")
+        if turns is None:
+            break
+        total += turns
+        out[e] = total
+    return out
+
+
 # -- statistics ---------------------------------------------------------------------------------------
 def mean_std(values) -> tuple[float | None, float | None]:
     """Mean and sample std (ddof=1) of the non-missing values; std is 0 for one value, None for none."""
@@ -104,14 +142,20 @@ def relative_change(value: float | None, base: float | None) -> float | None:
 
 
 def aggregate(
-    runs: dict[str, dict[int, dict]], labels: dict[str, str] | None = None, baseline: str = BASELINE
+    runs: dict[str, dict[int, dict]],
+    labels: dict[str, str] | None = None,
+    baseline: str = BASELINE,
+    walls: dict[str, dict[int, float]] | None = None,
 ) -> list[dict]:
-    """One row per cell (in `runs` order): seeds, mean/std of success per split and key, and the
-    relative change of seen/unseen overall success vs the `baseline` cell's mean."""
-    labels = labels or {}
+    """One row per cell (in `runs` order): seeds, mean/std of success and turn rates per split and key,
+    the wall minutes per run (`walls`: cell -> seed -> seconds), and the relative change of seen/unseen
+    overall success vs the `baseline` cell's mean."""
+    labels, walls = labels or {}, walls or {}
     rows = []
     for cell, by_seed in runs.items():
         row: dict = {"cell": cell, "label": labels.get(cell) or cell, "seeds": len(by_seed)}
+        minutes = [s / 60 for seed, s in walls.get(cell, {}).items() if seed in by_seed]
+        row["wall_minutes/mean"], row["wall_minutes/std"] = mean_std(minutes)
         for split in SPLITS:
             for section, keys in (("success", KEYS), ("turn_rates", TURN_RATES)):
                 for key in keys:
@@ -133,6 +177,19 @@ def _pct(mean: float | None, std: float | None, seeds: int) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if seeds > 1 and std is not None else "")
 
 
+def _num(mean: float | None, std: float | None, seeds: int, digits: int = 3) -> str:
+    """A value that is no fraction (reverse KL in nats/token, minutes): fixed decimals, not %."""
+    if mean is None:
+        return "-"
+    return _fixed(mean, digits) + (f" ± {_fixed(std, digits)}" if seeds > 1 and std is not None else "")
+
+
+def _fixed(value: float, digits: int) -> str:
+    """Fixed decimals, without the "-" of a value that rounds to 0 (a KL of -1e-7 is numerical noise)."""
+    text = f"{value:.{digits}f}"
+    return text.removeprefix("-") if float(text) == 0 else text
+
+
 def _rel(value: float | None) -> str:
     return NA if value is None else f"{100 * value:+.1f}%"
 
@@ -145,13 +202,13 @@ def to_markdown(rows: list[dict], baseline: str = BASELINE, title: str = "Result
         "",
         f"ALFWorld success % (greedy), mean ± std over seeds; relative change of the mean vs `{baseline}`.",
         "Admissible: % of evaluation turns whose action was an admissible command (a finer signal when",
-        "success is near 0).",
+        "success is near 0). min/run: wall minutes of one run (fit + final validate), mean over seeds.",
         "",
     ]
     lines += [
         f"| method | seeds | seen | unseen | seen vs {baseline} | unseen vs {baseline} "
-        "| admissible seen | admissible unseen |",
-        "|---|---|---|---|---|---|---|---|",
+        "| admissible seen | admissible unseen | min/run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         n = r["seeds"]
@@ -160,7 +217,27 @@ def to_markdown(rows: list[dict], baseline: str = BASELINE, title: str = "Result
             f"{_pct(r['unseen/overall/mean'], r['unseen/overall/std'], n)} | "
             f"{_rel(r[f'rel_seen_vs_{baseline}'])} | {_rel(r[f'rel_unseen_vs_{baseline}'])} | "
             f"{_pct(r['seen/admissible_rate/mean'], r['seen/admissible_rate/std'], n)} | "
-            f"{_pct(r['unseen/admissible_rate/mean'], r['unseen/admissible_rate/std'], n)} |"
+            f"{_pct(r['unseen/admissible_rate/mean'], r['unseen/admissible_rate/std'], n)} | "
+            f"{_num(r['wall_minutes/mean'], r['wall_minutes/std'], n, 1)} |"
+        )
+    lines += [
+        "",
+        "## turn rates",
+        "",
+        "Repeat: % of evaluation turns repeating the game's previous action (stuck in a loop). Reverse KL:",
+        "KL(student || teacher) in nats per response token (- without a teacher).",
+        "",
+        "| method | seeds | repeat seen | repeat unseen | reverse KL seen | reverse KL unseen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        n = r["seeds"]
+        lines.append(
+            f"| {r['label']} | {n} | "
+            + " | ".join(_pct(r[f"{s}/repeat_rate/mean"], r[f"{s}/repeat_rate/std"], n) for s in SPLITS)
+            + " | "
+            + " | ".join(_num(r[f"{s}/reverse_kl/mean"], r[f"{s}/reverse_kl/std"], n) for s in SPLITS)
+            + " |"
         )
     for split in SPLITS:
         lines += [
@@ -179,6 +256,7 @@ def to_markdown(rows: list[dict], baseline: str = BASELINE, title: str = "Result
 def csv_columns(baseline: str = BASELINE) -> list[str]:
     cols = ["cell", "label", "seeds"]
     cols += [f"{s}/{k}/{m}" for s in SPLITS for k in (*KEYS, *TURN_RATES) for m in ("mean", "std")]
+    cols += ["wall_minutes/mean", "wall_minutes/std"]
     return cols + [f"rel_seen_vs_{baseline}", f"rel_unseen_vs_{baseline}"]
 
 
@@ -192,20 +270,27 @@ def write_csv(rows: list[dict], path: str | Path, columns: list[str]) -> None:
     write_atomic(path, buf.getvalue())
 
 
+VAL_COLUMNS = tuple(f"val/{s}/{k}" for k in ("success", "admissible_rate", "reverse_kl") for s in SPLITS)
+EPOCH_COLUMNS = ("cell", "seed", "epoch", "global_step", "student_turns", *VAL_COLUMNS, *EPOCH_METRICS)
+
+
 def epoch_rows(output: str | Path, cells: list[str]) -> list[dict]:
-    """One row per cell x seed x epoch: validation success during fit and the epoch's train metrics."""
+    """One row per cell x seed x epoch: validation during fit, the epoch's train metrics, and
+    `student_turns`, the rollout turns up to the end of the epoch (`cumulative_turns`)."""
     rows = []
     for cell in cells:
         for seed, d in seed_dirs(output, cell).items():
-            per_epoch: dict[int, dict] = {
-                e: dict(m) for e, m in read_epoch_metrics(d / "metrics.csv").items()
-            }
+            metrics = read_epoch_metrics(d / "metrics.csv")
+            per_epoch: dict[int, dict] = {e: dict(m) for e, m in metrics.items()}
+            for e, turns in cumulative_turns(metrics).items():
+                per_epoch[e]["student_turns"] = turns
             for v in read_val_history(d / "val_history.jsonl"):
                 e = per_epoch.setdefault(int(v["epoch"]), {})
                 e["global_step"] = v.get("global_step")
                 for split in SPLITS:
                     e[f"val/{split}/success"] = eval_value(v, "success", split, "overall")
-                    e[f"val/{split}/admissible_rate"] = eval_value(v, "turn_rates", split, "admissible_rate")
+                    for key in ("admissible_rate", "reverse_kl"):
+                        e[f"val/{split}/{key}"] = eval_value(v, "turn_rates", split, key)
             rows += [{"cell": cell, "seed": seed, "epoch": e, **m} for e, m in sorted(per_epoch.items())]
     return rows
 
@@ -220,10 +305,9 @@ def write_results(
     """`results.md`, `results.csv` and `epochs.csv` in the output dir; returns the table rows."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    rows = aggregate({c: load_eval_results(output, c) for c in cells}, labels, baseline)
+    runs = {c: load_eval_results(output, c) for c in cells}
+    rows = aggregate(runs, labels, baseline, {c: load_wall_seconds(output, c) for c in cells})
     write_atomic(output / "results.md", to_markdown(rows, baseline, title))
     write_csv(rows, output / "results.csv", csv_columns(baseline))
-    cols = ["cell", "seed", "epoch", "global_step", "val/seen/success", "val/unseen/success",
-            "val/seen/admissible_rate", "val/unseen/admissible_rate", *EPOCH_METRICS]
-    write_csv(epoch_rows(output, cells), output / "epochs.csv", cols)
+    write_csv(epoch_rows(output, cells), output / "epochs.csv", list(EPOCH_COLUMNS))
     return rows

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Stands in for `python -m sage.cli`: writes what fit/validate would write into the logger's dir,
 # records its argv, and fails when the run's cell is named in $FAKE_FAIL.
-FAKE_SAGE = """
+FAKE_SAGE = r"""
 import json, os, sys
 argv = sys.argv[1:]
 arg = lambda k: argv[argv.index(k) + 1] if k in argv else None
@@ -32,14 +36,20 @@ with open(os.path.join(d, argv[0] + "_argv.json"), "w") as f:
     json.dump(argv, f)
 if any(c in d for c in os.environ.get("FAKE_FAIL", "?").split(",")):
     sys.exit(3)
+s = float(arg("--seed_everything")) / 4
+write = lambda name, text: open(os.path.join(d, name), "w").write(text)
 if argv[0] == "fit":
     os.makedirs(os.path.join(d, "checkpoints"))
-    open(os.path.join(d, "checkpoints", "last.ckpt"), "w").close()
+    write(os.path.join("checkpoints", "last.ckpt"), "600 MB")
+    write("metrics.csv", "epoch,step,train/loss,train/turns\n0,0,0.5,\n0,1,,10\n1,2,0.25,\n1,3,,14\n")
+    write("val_history.jsonl", json.dumps({"epoch": 1, "global_step": 3, "success": {"seen": {"overall": s / 2}},
+                                           "turn_rates": {"seen": {"reverse_kl": 0.5}}}) + "\n")
+    write("val_games.jsonl", '{"epoch": 1, "won": false}\n')
 else:
-    s = float(arg("--seed_everything")) / 4
-    res = {"success": {"seen": {"overall": s}, "unseen": {"overall": s / 2}}}
-    with open(os.path.join(d, "eval_results.json"), "w") as f:
-        json.dump(res, f)
+    res = {"success": {"seen": {"overall": s}, "unseen": {"overall": s / 2}},
+           "turn_rates": {"seen": {"reverse_kl": 0.25 + s}}}
+    write("eval_results.json", json.dumps(res))
+    write("eval_games.jsonl", '{"won": true}\n')
 """
 
 MATRIX = """
@@ -232,3 +242,168 @@ def test_newest_checkpoint(tmp_path):
     (tmp_path / "checkpoints" / "last.ckpt").touch()
     os.utime(tmp_path / "checkpoints" / "last.ckpt", ns=(0, 0))
     assert newest_checkpoint(tmp_path).name == "last.ckpt"
+
+
+# -- the results folder, --commit, validate_args ------------------------------------------------------
+RESULTS_MATRIX = """
+name: fake
+output: {out}
+results: results/fake
+seeds: [1]
+start_cell: student_start
+common_args: {{data.val_games: 4}}
+validate_args: {{data.val_games: null}}
+cells:
+  student_start: {{configs: [configs/sft.yaml], fit: false}}
+  opd:
+    configs: [configs/opd.yaml]
+    args: [--trainer.max_epochs, "2"]
+    validate_args: [--data.max_turns, "30"]
+    seeds: [1, 2]
+"""
+RUN_FILES = ["eval_games.jsonl", "eval_results.json", "metrics.csv", "run.json", "val_games.jsonl",
+             "val_history.jsonl"]
+OUTPUTS = {"results.md", "results.csv", "epochs.csv", "success_vs_epoch.png", "final_metrics.png",
+           "curves_vs_turns.png"}
+
+
+@pytest.fixture
+def kept(tmp_path, monkeypatch):
+    """A matrix with a `results:` folder (relative: the cwd is tmp_path/repo), run dirs outside it."""
+    script = tmp_path / "fake_sage.py"
+    script.write_text(FAKE_SAGE)
+    monkeypatch.setattr(experiment, "sage_command", lambda: [sys.executable, str(script)])
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no enclosing repository is found
+    path = tmp_path / "matrix.yaml"
+    path.write_text(RESULTS_MATRIX.format(out=tmp_path / "out"))
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    return path
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_results_folder_copies_and_skips_when_runs_are_gone(kept, capsys):
+    out, results = kept.parent / "out", Path("results/fake")
+    assert run(["--matrix", str(kept), "--commit"]) == 0  # not a repository: one line per run, no stop
+    log = capsys.readouterr().out
+    assert log.count("not committed: `git add` failed: fatal: not a git repository") == 3
+    assert sorted(p.name for p in (results / "runs/opd/seed_1").iterdir()) == RUN_FILES
+    assert sorted(p.name for p in (results / "runs/student_start/seed_1").iterdir()) == [
+        "eval_games.jsonl", "eval_results.json", "run.json"]
+    run_dir = out / "runs/opd/seed_1"
+    for name in ("eval_results.json", "metrics.csv", "val_history.jsonl", "run.json"):
+        assert (results / "runs/opd/seed_1" / name).read_bytes() == (run_dir / name).read_bytes()
+    assert (results / "runs/opd/seed_1/eval_games.jsonl").read_bytes() == (
+        run_dir / "validate/eval_games.jsonl").read_bytes()
+    info = json.loads((results / "runs/opd/seed_1/run.json").read_text())
+    assert sorted(info) == ["commit", "finished", "fit_command", "fit_seconds", "validate_command",
+                            "validate_seconds"]
+    assert info["commit"] is None and info["finished"].endswith("+00:00")
+    assert info["fit_seconds"] >= 0 and info["validate_seconds"] >= 0  # rounded to 0.1 s: a fake can take 0.0
+    assert " fit " in info["fit_command"] and "--ckpt_path" in info["validate_command"]
+    start = json.loads((results / "runs/student_start/seed_1/run.json").read_text())
+    assert start["fit_seconds"] is None and start["fit_command"] is None
+    assert set(outputs(results)) >= OUTPUTS and not (out / "results.md").exists()
+    assert "| student_start | 1 |" in (results / "results.md").read_text()
+
+    shutil.rmtree(results / "runs/opd/seed_2")  # finished but not copied (a crash in between): copied now
+    assert run(["--matrix", str(kept)]) == 0
+    log = capsys.readouterr().out
+    assert f"[opd/seed_2] skipped: {out / 'runs/opd/seed_2/eval_results.json'} exists" in log
+    assert sorted(p.name for p in (results / "runs/opd/seed_2").iterdir()) == RUN_FILES
+
+    shutil.rmtree(out)  # a later session: the run dirs are gone, the results folder is not
+    assert run(["--matrix", str(kept)]) == 0
+    log = capsys.readouterr().out
+    for tag in ("student_start/seed_1", "opd/seed_1", "opd/seed_2"):
+        assert f"[{tag}] skipped: {results / 'runs' / tag / 'eval_results.json'} exists" in log
+    assert not out.exists()  # nothing ran
+
+
+def test_aggregate_only_is_byte_identical_without_runs(kept, tmp_path, monkeypatch):
+    assert run(["--matrix", str(kept)]) == 0
+    results = Path("results/fake")
+    first = outputs(results)
+    assert set(first) >= OUTPUTS
+    assert all(b"Software" not in v and b"atplotlib" not in v for k, v in first.items() if k.endswith(".png"))
+    assert all(str(tmp_path) not in first[k].decode() for k in ("results.md", "results.csv", "epochs.csv"))
+    shutil.rmtree(kept.parent / "out")
+    for name in first:
+        (results / name).unlink()
+    assert run(["--matrix", str(kept), "--aggregate-only"]) == 0
+    assert outputs(results) == first
+    other = tmp_path / "elsewhere"  # only the committed per-run files, another folder
+    shutil.copytree(results / "runs", other / "results/fake/runs")
+    monkeypatch.chdir(other)
+    assert run(["--matrix", str(kept), "--aggregate-only"]) == 0
+    again = outputs(Path("results/fake"))
+    assert again.keys() == first.keys() and all(again[k] == first[k] for k in first), [
+        k for k in first if again.get(k) != first[k]]
+    assert not (kept.parent / "out").exists()
+
+
+def test_validate_args_reach_only_the_validate_command(kept, capsys):
+    assert run(["--matrix", str(kept), "--dry-run"]) == 0
+    lines = [shlex.split(line) for line in capsys.readouterr().out.strip().splitlines()]
+    fits, vals = [c for c in lines if "fit" in c], [c for c in lines if "validate" in c]
+    assert (len(fits), len(vals)) == (2, 3)
+    assert all("null" not in c and "--data.max_turns" not in c for c in fits)
+    for c in vals:  # the matrix's validate_args after the common and the cell's args
+        joined = " ".join(c)
+        assert joined.index("--data.val_games 4") < joined.index("--data.val_games null")
+    opd, start = [c for c in vals if "opd" in " ".join(c)], [c for c in vals if "student_start" in " ".join(c)]
+    for c in opd:
+        joined = " ".join(c)
+        assert joined.index("--trainer.max_epochs 2") < joined.index("--data.val_games null --data.max_turns 30")
+    assert all("--data.max_turns" not in c for c in start)
+    plain = kept.parent / "plain.yaml"  # no results folder: --commit has nothing to commit
+    plain.write_text(kept.read_text().replace("results: results/fake\n", ""))
+    with pytest.raises(UsageError, match="--commit needs a `results:` folder"):
+        run(["--matrix", str(plain), "--commit"])
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_commit_commits_exactly_the_runs_files_and_tables(kept, monkeypatch):
+    for key in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{key}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{key}_EMAIL", "test@example.com")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)  # no signing or hooks from the user's config
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    git("init", "-q")
+    Path("notes.txt").write_text("v1\n")
+    Path("staged.txt").write_text("a\n")
+    git("add", "notes.txt", "staged.txt")
+    git("commit", "-q", "-m", "init")
+    init = git("rev-parse", "HEAD").strip()
+    Path("notes.txt").write_text("v2: the other engineer's unstaged work\n")
+    Path("staged.txt").write_text("b: staged, not for this commit\n")
+    git("add", "staged.txt")
+    Path("untracked.txt").write_text("new\n")
+
+    assert run(["--matrix", str(kept), "--commit"]) == 0
+    subjects = git("log", "--format=%s").splitlines()
+    assert [re.sub(r"\(\d+ s\)", "(N s)", s) for s in subjects] == [
+        "results/fake: opd seed 2 (N s)", "results/fake: opd seed 1 (N s)",
+        "results/fake: student_start seed 1 (N s)", "init"]
+    tables = {f"results/fake/{name}" for name in OUTPUTS}
+    for rev, (cell, seed) in zip(("HEAD", "HEAD~1", "HEAD~2"), [("opd", 2), ("opd", 1), ("student_start", 1)],
+                                 strict=True):
+        files = set(git("show", "--name-only", "--format=", rev).split())
+        own = {p for p in files if p.startswith("results/fake/runs/")}
+        assert own == {f"results/fake/runs/{cell}/seed_{seed}/{n}" for n in (
+            RUN_FILES if cell == "opd" else ["eval_games.jsonl", "eval_results.json", "run.json"])}
+        assert files - own <= tables and "results/fake/results.md" in files
+    on_disk = {str(p) for p in Path("results/fake").rglob("*") if p.is_file()}
+    assert set(git("ls-files", "results/fake").split()) == on_disk  # everything committed, all current
+    assert git("status", "--porcelain", "results").strip() == ""
+    status = set(git("status", "--porcelain").splitlines())
+    assert status == {" M notes.txt", "M  staged.txt", "?? untracked.txt"}  # untouched, uncommitted
+    assert git("show", "HEAD:notes.txt") == "v1\n" and git("show", "HEAD:staged.txt") == "a\n"
+    first = json.loads(Path("results/fake/runs/student_start/seed_1/run.json").read_text())
+    assert first["commit"] == init  # the code the run ran: HEAD when it started

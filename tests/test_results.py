@@ -205,3 +205,93 @@ def test_gate_plot_keeps_only_cells_with_a_gate_or_confidence():
     assert _gated({**flat, "train/confidence_mean": {0: 1.0, 1: 0.9}})  # SAGE without its gate
     assert _gated({**flat, "train/gate/weak_rate": {0: 1.0}})  # SAGE without its confidence
     assert not _gated({})
+
+
+def write_json(path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_table_reverse_kl_repeat_and_wall_time(tmp_path):
+    """reverse_kl is nats/token (3 decimals, no %), repeat_rate a %, min/run the mean of fit + validate
+    seconds over the finished seeds (run.json; no fit counts 0; no run.json: "-")."""
+    for seed, (kl, repeat, fit, val) in enumerate([(0.1234, 0.25, 600, 120), (0.2, 0.5, 900, 180)]):
+        p = payload(0.5, 0.25, admissible=0.5)
+        for split in ("seen", "unseen"):
+            p["turn_rates"][split] |= {"reverse_kl": kl, "repeat_rate": repeat}
+        write_run(tmp_path, "opd", seed, p)
+        write_json(tmp_path / "runs/opd" / f"seed_{seed}/run.json", {"fit_seconds": fit, "validate_seconds": val})
+    write_run(tmp_path, "student_start", 0, payload(0.0, 0.0))
+    write_json(tmp_path / "runs/student_start/seed_0/run.json", {"fit_seconds": None, "validate_seconds": 90})
+    write_run(tmp_path, "old", 0, payload(0.0, 0.0))  # finished before run.json existed
+    write_run(tmp_path, "opd", 2, None)  # unfinished: its run.json must not count
+    write_json(tmp_path / "runs/opd/seed_2/run.json", {"fit_seconds": 6000, "validate_seconds": 6000})
+    rows = {r["cell"]: r for r in write_results(tmp_path, ["opd", "student_start", "old"], {"opd": "OPD"})}
+    assert rows["opd"]["wall_minutes/mean"] == pytest.approx(15.0)
+    assert rows["opd"]["seen/reverse_kl/mean"] == pytest.approx(0.1617)
+    md = (tmp_path / "results.md").read_text()
+    assert "| OPD | 2 | 50.0 ± 0.0 | 25.0 ± 0.0 | +0.0% | +0.0% | 50.0 ± 0.0 | 25.0 ± 0.0 | 15.0 ± 4.2 |" in md
+    assert "| OPD | 2 | 37.5 ± 17.7 | 37.5 ± 17.7 | 0.162 ± 0.054 | 0.162 ± 0.054 |" in md  # turn-rate table
+    assert "| student_start | 1 | 0.0 | 0.0 | -100.0% | -100.0% | - | - | 1.5 |" in md
+    assert "| old | 1 | 0.0 | 0.0 | -100.0% | -100.0% | - | - | - |" in md
+    assert "| old | 1 | - | - | - | - |" in md
+    with open(tmp_path / "results.csv") as f:
+        table = {r["cell"]: r for r in csv.DictReader(f)}
+    assert float(table["opd"]["wall_minutes/mean"]) == 15.0 and table["old"]["wall_minutes/mean"] == "n/a"
+    assert float(table["opd"]["unseen/reverse_kl/mean"]) == pytest.approx(0.1617)
+
+
+def write_fit(d, turns: list[float | None], vals: dict[int, tuple[float, float]]) -> None:
+    """A fit's metrics.csv (sparse rows, as CSVLogger writes them: step rows, then the epoch row with
+    train/turns) and val_history.jsonl: epoch -> (seen success, seen reverse KL)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rows = ["epoch,step,train/loss,train/turns,train/gate/skip_rate"]
+    for e, t in enumerate(turns):
+        rows += [f"{e},{2 * e},0.5,,", f"{e},{2 * e + 1},,{'' if t is None else t},0.25"]
+    (d / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (d / "val_history.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "global_step": 2 * e + 1, "success": {"seen": {"overall": s}},
+                    "turn_rates": {"seen": {"reverse_kl": kl}}}) + "\n" for e, (s, kl) in vals.items()))
+
+
+def test_learning_curves_against_cumulative_turns(tmp_path):
+    """x of a validation at the end of epoch e = train/turns summed over epochs 0..e; the final validate
+    at the total; the start cell at x=0; mean over seeds of x and of y."""
+    from sage.curves import FINAL, cell_curve, final_means, make_turn_curves, seed_points
+    from sage.results import cumulative_turns
+
+    root = tmp_path
+    write_fit(root / "runs/opd/seed_0", [10, 20, 30], {0: (0.25, 0.5), 2: (0.5, 0.25)})
+    write_fit(root / "runs/opd/seed_1", [20, 20, 20], {0: (0.75, 0.75), 2: (1.0, 0.5)})
+    for seed, (s, kl) in enumerate([(0.5, 0.125), (0.25, 0.375)]):
+        p = payload(s, 0.0)
+        p["turn_rates"] = {"seen": {"reverse_kl": kl}}
+        write_json(root / "runs/opd" / f"seed_{seed}/eval_results.json", p)
+    start = payload(0.125, 0.0)
+    start["turn_rates"] = {"seen": {"reverse_kl": 1.5}}
+    write_run(root, "student_start", 0, start)
+
+    assert {k: x for k, (x, _) in seed_points(root / "runs/opd/seed_0").items()} == {0: 10, 2: 60, FINAL: 60}
+    curve = cell_curve(root, "opd", final_means(root, "student_start"))
+    assert curve["seen"] == [(0.0, 0.125, False), (15.0, 0.5, False), (60.0, 0.75, False), (60.0, 0.375, True)]
+    assert curve["seen_kl"] == [(0.0, 1.5, False), (15.0, 0.625, False), (60.0, 0.375, False), (60.0, 0.25, True)]
+    assert curve["unseen_kl"] == []  # no value anywhere
+    assert cell_curve(root, "opd")["seen"][0] == (15.0, 0.5, False)  # without a start cell: from the first validation
+
+    # an epoch without a turn count (older logs) ends the x axis there: no point after it, no final point
+    assert cumulative_turns({0: {"train/turns": 4.0}, 2: {"train/turns": 5.0}}) == {0: 4.0}
+    write_fit(root / "runs/gap/seed_0", [10, None, 30], {0: (0.25, 0.5), 2: (0.5, 0.25)})
+    write_json(root / "runs/gap/seed_0/eval_results.json", payload(0.5, 0.0))
+    assert list(seed_points(root / "runs/gap/seed_0")) == [0]
+
+    write_results(root, ["student_start", "opd"])
+    with open(root / "epochs.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["cell"] == "opd"]
+    assert [(r["seed"], r["epoch"], r["student_turns"], r["train/turns"]) for r in rows] == [
+        ("0", "0", "10.0", "10.0"), ("0", "1", "30.0", "20.0"), ("0", "2", "60.0", "30.0"),
+        ("1", "0", "20.0", "20.0"), ("1", "1", "40.0", "20.0"), ("1", "2", "60.0", "20.0")]
+    assert rows[2]["val/seen/reverse_kl"] == "0.25" and rows[1]["val/seen/success"] == "n/a"
+    assert "train/judge_agreement" in rows[0] and rows[0]["train/gate/skip_rate"] == "0.25"
+    pngs = make_turn_curves(root, ["student_start", "opd"], {}, fitted=["opd"], start_cell="student_start")
+    assert [p.name for p in pngs] == ["curves_vs_turns.png"]
+    assert make_turn_curves(root, ["student_start"], {}, fitted=[], start_cell="student_start") == []
