@@ -20,15 +20,10 @@ import time
 
 import torch
 
-from sage.data import balanced
-from sage.distill.judge import TeacherJudge
-from sage.distill.judge_prompt import JudgePrompt
-from sage.envs import find_games
 from sage.io import write_atomic
 from sage.models import load_model, load_tokenizer
 from sage.shipped import CALIBRATION, SHIPPED
-from sage.specs import GateSpec
-from sage.teacher.judge_eval import BASE, merged_config, play
+from sage.teacher.judge_eval import BASE, config_judge, merged_config, pick_games, play
 from sage.teacher.labels import offline_labels
 
 
@@ -49,23 +44,16 @@ def fit_offsets(logp: torch.Tensor, truth: torch.Tensor, span: float = 6.0, step
     return offsets[int(norms.argmin())]
 
 
-def turns_for(model, tok, split: str, n_games: int, policy: str, cfg: dict, seed: int, max_turns: int,
-              workers: int, data_root: str | None):
-    games = balanced(find_games(split, data_root, sample=n_games * 4, seed=seed), n_games)
-    return [e for e in play(model, tok, games, policy, cfg, seed, max_turns, workers) if e.error is None]
-
-
 def calibrate(name: str, n_games: int, seed: int, max_turns: int, workers: int, data_root: str | None) -> dict:
     cfg = merged_config([str(BASE)])
-    gate = cfg.get("model", {}).get("gate", {})
-    labels = tuple(gate.get("labels", ("SKIP", "WEAK", "STRONG")))
     tok = load_tokenizer(name)
     model = load_model(name, trainable=False)
+    judge = config_judge(cfg, model, tok, calibrated=False)
+    labels = judge.labels
     t0 = time.perf_counter()
     episodes = [e for i, policy in enumerate(("noisy", "sampled"))
-                for e in turns_for(model, tok, "train", n_games, policy, cfg, seed + i, max_turns, workers, data_root)]
-    spec = GateSpec(labels=labels, judge_history=gate.get("judge_history", 2), calibrated=False)
-    judge = TeacherJudge(spec, model, tok, JudgePrompt(**(cfg.get("model", {}).get("judge_prompt") or {})))
+                for e in play(model, tok, pick_games("train", n_games, seed + i, data_root), policy, cfg, seed + i,
+                              max_turns, workers) if e.error is None]
     judge.judge(episodes)
     turns = [t for e in episodes for t in e.turns]
     logp = torch.tensor([[t.gate_probs[lab] for lab in labels] for t in turns], dtype=torch.float64).log()

@@ -78,23 +78,36 @@ def scores(labels: list[str], probs_skip: list[float], predicted: list[str], cla
             "accuracy": float((pred == truth).float().mean()), "auroc_p_skip": auroc}
 
 
+def pick_games(split: str, n_games: int, seed: int, data_root: str | None) -> list:
+    """The first `n_games` of the split's panel (round-robin over task types), or a seeded sample of the
+    split where it has no panel (e.g. train)."""
+    try:
+        return balanced(panel_games(split, data_root), n_games)
+    except Exception:  # no panel for this split (e.g. train): a seeded sample
+        return balanced(find_games(split, data_root, sample=max(n_games * 4, n_games), seed=seed), n_games)
+
+
+def config_judge(cfg: dict, model, tok, calibrated: bool = True) -> TeacherJudge:
+    """The teacher judge exactly as the config's distillation would build it (labels, history, prompt)."""
+    model_cfg = cfg.get("model", {})
+    gate = model_cfg.get("gate", {})
+    spec = GateSpec(labels=tuple(gate.get("labels", ("SKIP", "WEAK", "STRONG"))),
+                    judge_history=gate.get("judge_history", 2), calibrated=calibrated)
+    return TeacherJudge(spec, model, tok, JudgePrompt(**(model_cfg.get("judge_prompt") or {})))
+
+
 def evaluate(model_name: str, split: str, n_games: int, policy: str, configs: list[str], seed: int,
              max_turns: int, workers: int, data_root: str | None) -> dict:
     cfg = merged_config(configs)
-    gate = cfg.get("model", {}).get("gate", {})
-    labels = tuple(gate.get("labels", ("SKIP", "WEAK", "STRONG")))
     tok = load_tokenizer(model_name)
     model = load_model(model_name, trainable=False)
-    try:
-        games = balanced(panel_games(split, data_root), n_games)
-    except Exception:  # no panel for this split (e.g. train): a seeded sample
-        games = balanced(find_games(split, data_root, sample=max(n_games * 4, n_games), seed=seed), n_games)
+    teacher = config_judge(cfg, model, tok)
+    labels = teacher.labels
+    games = pick_games(split, n_games, seed, data_root)
     t0 = time.perf_counter()
     episodes = [e for e in play(model, tok, games, policy, cfg, seed, max_turns, workers) if e.error is None]
     played = time.perf_counter() - t0
     offline = [lab for e in episodes for lab in offline_labels(e, labels)]
-    spec = GateSpec(labels=labels, judge_history=gate.get("judge_history", 2))
-    teacher = TeacherJudge(spec, model, tok, JudgePrompt(**(cfg.get("model", {}).get("judge_prompt") or {})))
     rule = FeedbackRule()
     judged = copy.deepcopy(episodes)
     t0 = time.perf_counter()
