@@ -272,7 +272,8 @@ class SageDataModule(L.LightningDataModule):
         from sage.teacher.policy import Mix
 
         d = self.dagger
-        mix = Mix(model=d.at(epoch, d.model_share), random=d.random, invalid=d.invalid, repeat=d.repeat)
+        mix = Mix(model=d.at(epoch, d.model_share), random=d.random, invalid=d.invalid, repeat=d.repeat,
+                  malformed=d.at(epoch, d.malformed))
         judge = TeacherJudge(GateSpec(labels=d.judge_labels, judge_history=d.judge_history), model, tokenizer)
         try:
             episodes, self._round_stats = collect_round(

@@ -260,6 +260,10 @@ class DaggerSpec:
     """Per-turn chance of a command admissible earlier in the game but not now ("Nothing happens."; untrained)."""
     repeat: float = 0.05
     """Per-turn chance of repeating the previous action (untrained)."""
+    malformed: list[float] = field(default_factory=lambda: [0.0])
+    """Per-turn chance, in each round, of an answer with no parsable action (bare command, unclosed tag, copied
+    observation text or random tokens: what a weak student writes; untrained). Its judge examples teach that
+    such a turn is STRONG."""
     judge_examples: list[int] = field(default_factory=lambda: [600, 400])
     """Judge examples per round, drawn from all of the round's turns with labels as balanced as they allow."""
     judge_labels: tuple[str, ...] = ("SKIP", "WEAK", "STRONG")
@@ -284,9 +288,13 @@ class DaggerSpec:
             check_range("data.dagger.judge_examples", n, 0)
         for key in ("random", "invalid", "repeat"):
             check_range(f"data.dagger.{key}", getattr(self, key), 0.0, 1.0)
-        if self.random + self.invalid + self.repeat > 1:
-            raise SpecError(f"data.dagger.random + invalid + repeat = {self.random + self.invalid + self.repeat:g} "
-                            "must be <= 1")
+        if not self.malformed:
+            raise SpecError("data.dagger.malformed=[] needs one value per round")
+        for r, m in enumerate(self.malformed):
+            check_range("data.dagger.malformed", m, 0.0, 1.0)
+            noise = self.random + self.invalid + self.repeat + m
+            if noise > 1:
+                raise SpecError(f"data.dagger.random + invalid + repeat + malformed[{r}] = {noise:g} must be <= 1")
         check_range("data.dagger.judge_history", self.judge_history, 0)
         for w in self.judge_weight:
             check_range("data.dagger.judge_weight", w, 0.0, low_open=True)

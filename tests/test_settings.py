@@ -128,6 +128,7 @@ CASES: dict[str, tuple[str | None, str | None]] = {
     "data.dagger.random": ("x", "-0.1"),
     "data.dagger.invalid": ("x", "2"),
     "data.dagger.repeat": ("x", "-1"),
+    "data.dagger.malformed": ("x", "[0,1.5]"),
     "data.dagger.judge_examples": ("x", "[-1]"),
     "data.dagger.judge_labels": (None, "[SKIP, MAYBE]"),
     "data.dagger.judge_history": ("x", "-1"),

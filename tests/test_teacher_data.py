@@ -146,3 +146,33 @@ def test_dagger_round_lets_the_model_act_and_never_trains_its_own_deviations(exp
                 assert not any(ep.student_mask[t.offset : t.offset + len(t.response_ids)])
     labels = [lab for e in episodes if e.split != "judge" for lab in offline_labels(e)]
     assert set(labels) <= {"SKIP", "WEAK", "STRONG"}
+
+
+def test_malformed_answers_never_parse_and_come_in_every_form():
+    import random
+
+    from sage.envs import StepResult, parse_action
+    from sage.teacher.policy import malformed_answer
+
+    tok, rng = tiny_tokenizer(), random.Random(0)
+    state = StepResult("You are in the middle of a room. Looking around you, you see a desk 1 and a bed 1.",
+                       ["go to desk 1", "go to bed 1", "help"], False, False, 0, "put a pen on the bed.",
+                       expert_action="go to desk 1")
+    texts = [malformed_answer(rng, state, tok) for _ in range(200)]
+    assert all(t.strip() and not parse_action(t).valid for t in texts)
+    assert "go to desk 1" in texts and "<action>go to desk 1" in texts
+    assert any(t in state.observation and t.count(" ") >= 2 for t in texts)  # copied observation text
+    assert any(t not in state.observation and "go to" not in t for t in texts)  # random tokens
+
+
+def test_malformed_turns_stay_untrained_and_are_strong_judge_examples(expert_pool, bundled_games):
+    games = [g for g in bundled_games["train"] if g.task_type == "pick_and_place_simple"][:2]
+    (episodes, stats), tok = _round(expert_pool, Mix(malformed=0.3), games, judge_examples=30)
+    assert stats["data/source_malformed"] > 0.1
+    policy = [e for e in episodes if e.split != "judge"]
+    bad = [(e, t) for e in policy for t in e.turns if not t.valid_format]
+    assert bad and all(t.feedback.startswith("Nothing happens") for _, t in bad)
+    assert all(not any(e.student_mask[t.offset : t.offset + len(t.response_ids)]) for e, t in bad)
+    assert all(offline_labels(e)[t.index] == "STRONG" for e, t in bad)
+    judged = [e for e in episodes if e.split == "judge" and e.turns[0].response_text == "STRONG"]
+    assert judged  # balanced picks: the STRONG examples come from the malformed turns (the only failures)

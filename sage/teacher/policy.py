@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sage.envs import StepResult, parse_action
 from sage.rollout.generation import Generation, SamplingParams
 
-SOURCES = ("expert", "model", "random", "invalid", "repeat")
+SOURCES = ("expert", "model", "random", "invalid", "repeat", "malformed")
 
 
 class PeekPool:
@@ -49,6 +49,24 @@ class Mix:
     random: float = 0.0  # a random admissible action other than the expert's (a detour)
     invalid: float = 0.0  # a command admissible earlier in the game but not now ("Nothing happens.")
     repeat: float = 0.0  # the previous action again
+    malformed: float = 0.0  # an answer with no parsable action (what a weak student writes; "Nothing happens.")
+
+
+def malformed_answer(rng: random.Random, state: StepResult, tokenizer) -> str:
+    """One answer that `parse_action` rejects, in a form drawn at random from those weak students write: the
+    command without its tags, an unclosed tag, text copied from the observation, or random tokens."""
+    action = state.expert_action or rng.choice([a for a in state.admissible if a != "help"] or ["look"])
+    words = state.observation.split() or ["..."]
+    start = rng.randrange(len(words))
+    forms = (
+        lambda: action,
+        lambda: f"<action>{action}",
+        lambda: " ".join(words[start : start + rng.randint(3, 30)]),
+        lambda: tokenizer.decode([rng.randrange(tokenizer.vocab_size) for _ in range(rng.randint(3, 30))],
+                                 skip_special_tokens=True),
+    )
+    text = forms[rng.randrange(len(forms))]()
+    return text if text.strip() and not parse_action(text).valid else action
 
 
 class ExpertMixPolicy:
@@ -79,8 +97,11 @@ class ExpertMixPolicy:
             stale = sorted(self._seen.get(sid, set()) - set(state.admissible))
             if stale:
                 return "invalid", self.rng.choice(stale)
-        elif u < m.random + m.invalid + m.repeat and self._last.get(sid):
-            return "repeat", self._last[sid]
+        elif u < m.random + m.invalid + m.repeat:
+            if self._last.get(sid):
+                return "repeat", self._last[sid]
+        elif u < m.random + m.invalid + m.repeat + m.malformed:
+            return "malformed", None
         return "expert", state.expert_action or "look"
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
@@ -97,7 +118,10 @@ class ExpertMixPolicy:
             if source == "model":
                 by_model.append(i)
                 continue
-            text = self.answer.format(action=action)
+            if source == "malformed":
+                text = malformed_answer(self.rng, state, self.tokenizer)
+            else:
+                text = self.answer.format(action=action)
             ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             out[i] = Generation(ids, [0.0] * len(ids), text, True)
         if by_model:

@@ -25,7 +25,7 @@ from sage.rollout.generation import HFGenerator
 from sage.rollout.loop import rollout
 from sage.rollout.records import Episode, Turn
 from sage.teacher.labels import offline_labels
-from sage.teacher.policy import ExpertMixPolicy, Mix, PeekPool
+from sage.teacher.policy import SOURCES, ExpertMixPolicy, Mix, PeekPool
 
 
 def keep_expert_turns(ep: Episode, answer: str) -> int:
@@ -118,7 +118,7 @@ def collect_round(*, games: list[GameInfo], pool, prompt: PromptBuilder, tokeniz
     finally:
         del gen
     turns = max(1, sum(sources.values()))
-    stats = {f"data/source_{s}": sources[s] / turns for s in ("expert", "model", "random", "invalid", "repeat")}
+    stats = {f"data/source_{s}": sources[s] / turns for s in SOURCES}
     stats |= {f"data/label_{k.lower()}": v / max(1, len(candidates)) for k, v in counts.items()}
     stats |= {"data/games": float(len(played)), "data/games_won": float(sum(ep.won for ep in played)),
               "data/expert_turns_trained": float(kept), "data/judge_examples": float(len(judge_eps))}
