@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from matplotlib.lines import Line2D
-
-from sage.plots import PANELS, plt, save_png
+from sage.plots import PANELS, plt, save_png, shared_legend
 from sage.results import (
     cumulative_turns,
     eval_value,
@@ -110,14 +108,7 @@ def plot_turn_curves(curves: dict, baselines: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         if scale == 100:
             ax.set_ylim(-2, 102)
-    legend = {}  # every label once, whichever panel drew it
-    for ax in axes:
-        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(name, handle)
-    handles, names = list(legend.values()), list(legend)
-    handles.append(Line2D([], [], ls="", marker="*", ms=11, color="0.4"))
-    names.append("final validate")
-    axes[-1].legend(handles, names, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
+    shared_legend(axes, final_star=True)
     fig.suptitle("Validations during fit (o) and the final `sage validate` (*) against student rollout turns")
     return save_png(fig, path)
 

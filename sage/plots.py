@@ -185,17 +185,23 @@ def plot_success(curves: dict, finals: dict, baselines: dict, path: Path) -> Pat
         _style(ax, title, "success % (mean over seeds)")
         _epoch_axis(ax, xs)
         ax.set_ylim(-2, 102)
-    legend = {}  # every label once, whichever panel drew it
+    shared_legend(axes, final_star=bool(finals))
+    fig.suptitle("ALFWorld success: validations during fit (o) and the final `sage validate` (*)")
+    return save_png(fig, path)
+
+
+def shared_legend(axes, final_star: bool) -> None:
+    """One legend right of the last panel: every label once, whichever panel drew it, and (final_star) the
+    star marker of the final `sage validate`."""
+    legend = {}
     for ax in axes:
         for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(name, handle)
     handles, names = list(legend.values()), list(legend)
-    if finals:
+    if final_star:
         handles.append(Line2D([], [], ls="", marker="*", ms=11, color="0.4"))
         names.append("final validate")
     axes[-1].legend(handles, names, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
-    fig.suptitle("ALFWorld success: validations during fit (o) and the final `sage validate` (*)")
-    return save_png(fig, path)
 
 
 def _gated(curves: dict) -> bool:
