@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -76,15 +77,22 @@ def archive_run(run_dir: Path, dest: Path) -> list[Path]:
     return [dest / name for name in written]
 
 
-def commit(paths: list[Path], message: str) -> str | None:
+def commit(paths: list[Path], message: str, lock_wait: float = 30.0) -> str | None:
     """`git add` then `git commit --only` of exactly `paths`; None on success, else one line saying why
-    (not a repository, nothing changed, an ignored path, a held index.lock...)."""
+    (not a repository, nothing changed, an ignored path...). A held index.lock (another runner of the
+    same study committing its own run, or the engineer's git) is waited out for up to `lock_wait` s."""
     paths = [str(p) for p in paths]
     for cmd in (["git", "add", "--", *paths], ["git", "commit", "--only", "-m", message, "--", *paths]):
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        except OSError as exc:
-            return f"git not runnable: {exc}"
+        waited = 0.0
+        while True:
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            except OSError as exc:
+                return f"git not runnable: {exc}"
+            if out.returncode == 0 or "index.lock" not in out.stderr or waited >= lock_wait:
+                break
+            time.sleep(0.5)
+            waited += 0.5
         if out.returncode != 0:  # git's reason: stderr's first line, else stdout's last ("nothing to commit")
             err, said = out.stderr.strip().splitlines(), out.stdout.strip().splitlines()
             why = err[0] if err else said[-1] if said else f"exit {out.returncode}"

@@ -407,3 +407,25 @@ def test_commit_commits_exactly_the_runs_files_and_tables(kept, monkeypatch):
     assert git("show", "HEAD:notes.txt") == "v1\n" and git("show", "HEAD:staged.txt") == "a\n"
     first = json.loads(Path("results/fake/runs/student_start/seed_1/run.json").read_text())
     assert first["commit"] == init  # the code the run ran: HEAD when it started
+
+
+def test_commit_waits_out_a_held_index_lock(kept, monkeypatch):
+    """Two runners of one study (e.g. one per seed) share the repository: one's commit must not be lost
+    because the other held git's index.lock at that moment."""
+    import threading
+
+    from sage import archive
+
+    for key in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{key}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{key}_EMAIL", "test@example.com")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    git("init", "-q")
+    lock = Path(".git/index.lock")
+    Path("a.txt").write_text("a\n")
+    lock.write_text("")
+    assert "index.lock" in archive.commit([Path("a.txt")], "never", lock_wait=1.0)  # held throughout: said
+    threading.Timer(1.0, lock.unlink).start()  # released after a second: waited out, committed
+    assert archive.commit([Path("a.txt")], "kept", lock_wait=30.0) is None
+    assert git("log", "--format=%s").split() == ["kept"] and git("ls-files").split() == ["a.txt"]
