@@ -190,7 +190,7 @@ def test_tiny_matrix_end_to_end(tmp_path, capsys, monkeypatch):
     print(f"tiny matrix: {elapsed:.0f} s")
 
 
-@pytest.mark.parametrize("name", ["cpu_small", "tiny_test"])
+@pytest.mark.parametrize("name", ["cpu_small", "tiny_test"])  # cpu_v2: test_cpu_v2_cells_share_one_budget
 def test_matrix_cells_parse(name, monkeypatch, capsys):
     """Every cell's command line parses with the real CLI (`--print_config`: no model is loaded)."""
     from sage.cli import cli
@@ -228,6 +228,41 @@ def test_matrix_cells_parse(name, monkeypatch, capsys):
             "sage_no_norm",
         ]
         assert m.seeds == [0, 1, 2]
+
+
+def test_cpu_v2_cells_share_one_budget(monkeypatch, capsys):
+    """The study's comparison is fair only if every trained cell starts from the same student with the same
+    optimizer, epochs, turns and steps per epoch, and every cell but the teacher's own loads the teacher (the
+    eval reverse KL); fit validates half panels, the final validate the whole ones."""
+    from sage.cli import cli
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["sage"])
+    m = load_matrix(ROOT / "configs" / "experiments" / "cpu_v2.yaml")
+
+    def config(cmd):
+        with pytest.raises(SystemExit):
+            cli(cmd[len(experiment.sage_command()) :] + ["--print_config"])
+        return yaml.safe_load(capsys.readouterr().out)
+
+    budgets = {}
+    for cell in m.cells:
+        final = config(validate_command(m, cell, 0, None))
+        assert final["data"]["val_games"] is None and final["data"]["val_panel"] is True
+        assert final["data"]["max_turns"] == 50
+        assert (final["model"]["teacher"] is None) == (cell.name == "teacher"), cell.name
+        if not cell.fit:
+            continue
+        cfg = config(fit_command(m, cell, 0))
+        d, t = cfg["data"], cfg["trainer"]
+        assert d["val_games"] == 30 and t["check_val_every_n_epoch"] < t["max_epochs"]
+        budgets[cell.name] = (cfg["model"]["student"]["name_or_path"], cfg["model"]["optimizer"]["init_args"]["lr"],
+                              t["max_epochs"], d["max_turns"], d["samples_per_step"],
+                              None if d["source"] == "teacher" else d["train_games"])
+    assert set(budgets) >= {"sft_expert", "sft_teacher", "opd", "gkd_jsd", "sage_opd", "sage_no_gate",
+                            "sage_no_confidence", "sage_no_norm"}
+    assert len({b[:5] for b in budgets.values()}) == 1, budgets
+    assert len({b[5] for b in budgets.values()} - {None}) == 1, budgets  # the teacher plays more: it keeps its wins
 
 
 def test_newest_checkpoint(tmp_path):
