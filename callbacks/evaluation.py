@@ -31,6 +31,7 @@ from torchmetrics import MeanMetric, SumMetric
 from sage.envs import TASK_TYPES
 from sage.io import write_atomic
 from sage.results import TURN_RATES
+from sage.rollout.records import admissible_flags, repeat_flags
 
 RATE_ROWS = {"admissible_rate": "admissible actions (turns)", "format_rate": "parsed answers (turns)",
              "repeat_rate": "repeated actions (turns)", "reverse_kl": "reverse KL, nats/token (tokens)"}
@@ -62,13 +63,12 @@ def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[st
 def game_record(split: str, ep) -> dict:
     """One game's record, per turn where a rate needs it, so that `sage.eval_games.summarize` recomputes
     every figure at any shorter turn limit. ``kl``/``kl_tokens`` are null when no teacher scored the game."""
-    actions = [t.action for t in ep.turns]
     scored = bool(ep.turns) and all(t.eval_kl is not None for t in ep.turns)
     return {
         "split": split, "game_id": ep.game_id, "task_type": ep.task_type, "won": bool(ep.success),
-        "turns": len(ep.turns), "admissible": [int(t.action in t.admissible) for t in ep.turns],
+        "turns": len(ep.turns), "admissible": admissible_flags(ep),
         "parsed": [int(bool(t.valid_format)) for t in ep.turns],
-        "repeat": [int(k > 0 and bool(a) and a == actions[k - 1]) for k, a in enumerate(actions)],  # parsed only
+        "repeat": repeat_flags(ep),
         "kl": [float(t.eval_kl) for t in ep.turns] if scored else None,
         "kl_tokens": [int(t.eval_kl_tokens) for t in ep.turns] if scored else None,
         "error": ep.error,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sage.distill.annotate import Annotation
 from sage.plan import MicroBatch, OptimizerStep, plan_steps
-from sage.rollout.records import Episode
+from sage.rollout.records import Episode, admissible_flags, repeat_flags
 from sage.samples import transcript_samples, window_samples
 from sage.teacher.labels import offline_labels
 
@@ -69,16 +69,20 @@ def judge_agreement(episodes: list[Episode]) -> dict[str, float]:
 
 
 def episode_stats(episodes: list[Episode]) -> dict[str, float]:
-    """Per-epoch rollout summary: success, length, gate label rates, mean teacher confidence, and the
-    judge's agreement with the offline labels when the expert was tracked."""
+    """Per-epoch rollout summary: success, length, admissible and repeated actions, gate label rates, mean
+    teacher confidence, and the judge's agreement with the offline labels when the expert was tracked."""
     turns = [t for ep in episodes for t in ep.turns]
     n_ep, n_turn = max(1, len(episodes)), max(1, len(turns))
     labels = [str(t.gate_label or "").lower() for t in turns]
     conf = [c for t in turns if t.confidence for c in t.confidence]
+    admissible = sum(sum(admissible_flags(ep)) for ep in episodes)
+    repeats = sum(sum(repeat_flags(ep)) for ep in episodes)
     return judge_agreement(episodes) | {
         "episode_success": sum(ep.success for ep in episodes) / n_ep,
         "episode_length": sum(ep.length for ep in episodes) / n_ep,
         "invalid_format_rate": sum(not t.valid_format for t in turns) / n_turn,
+        "admissible_rate": admissible / n_turn,  # as the evaluation counts them (callbacks.evaluation)
+        "repeat_rate": repeats / n_turn,
         "gate/skip_rate": labels.count("skip") / n_turn,
         "gate/weak_rate": labels.count("weak") / n_turn,
         "gate/strong_rate": labels.count("strong") / n_turn,

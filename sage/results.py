@@ -31,6 +31,8 @@ NA = "n/a"
 EPOCH_METRICS = (
     "train/loss_epoch",
     "train/episode_success",
+    "train/admissible_rate",  # of the epoch's (sampled) rollout turns
+    "train/repeat_rate",
     "train/turns",  # rollout turns of the epoch (`sage.epoch.episode_stats`): the x of the learning curves
     "train/judge_agreement",
     "train/gate/skip_rate",

@@ -29,6 +29,21 @@ def test_episode_stats_count_gate_labels_and_success():
     assert stats["gate_mean"] == pytest.approx(2.5 / 4) and stats["confidence_mean"] == pytest.approx(0.5)
 
 
+def test_episode_stats_count_admissible_and_repeated_actions_as_the_evaluation_does():
+    """The training rollouts' loop and admissible rates use the evaluation's per-turn definitions."""
+    from callbacks.evaluation import game_record
+
+    acts = ["go to desk 1", "go to desk 1", "take pen", "go to desk 1", ""]  # "": an unparsed answer
+    turns = [make_turn(k, action=a, valid_format=bool(a), admissible=["go to desk 1", "look"])
+             for k, a in enumerate(acts)]
+    loop = [make_turn(k, action="look") for k in range(3)]  # admissible, repeated twice
+    stats = episode_stats([make_episode(turns), make_episode(loop, game_id="g1")])
+    assert stats["admissible_rate"] == pytest.approx(6 / 8)  # 3 + 3
+    assert stats["repeat_rate"] == pytest.approx(3 / 8)  # turn 1, then loop turns 1 and 2; "" never repeats
+    record = game_record("seen", make_episode(turns))
+    assert record["admissible"] == [1, 1, 0, 1, 0] and record["repeat"] == [0, 1, 0, 0, 0]
+
+
 def test_judge_agreement_counts_judged_turns_with_an_offline_label():
     arrive = {"feedback": "You arrive at desk 1.", "subgoal_before": 0, "subgoal_after": 0}
     turns = [  # offline labels: SKIP (expert's action), WEAK (a detour), STRONG (fails), no expert tracked

@@ -76,3 +76,14 @@ class Episode:
     @property
     def success(self) -> bool:
         return self.won and self.error is None
+
+
+def admissible_flags(ep: Episode) -> list[int]:
+    """Per turn, 1 when the action was one of the environment's admissible commands at that observation."""
+    return [int(t.action in t.admissible) for t in ep.turns]
+
+
+def repeat_flags(ep: Episode) -> list[int]:
+    """Per turn, 1 when the parsed action repeats the episode's previous one (a loop); turn 0 never does."""
+    actions = [t.action for t in ep.turns]
+    return [int(k > 0 and bool(a) and a == actions[k - 1]) for k, a in enumerate(actions)]
