@@ -4,7 +4,7 @@ copied out of the run dir so that they can be committed to git as the run ends.
 Why: a CPU study spans several sessions, and its run dirs (with 600 MB checkpoints) live outside git and
 may be gone next session. What the tables and plots need is small: `<results>/runs/<cell>/seed_<S>/`
 holds `eval_results.json` (the final validate; its presence marks the run done), `eval_games.jsonl`,
-`metrics.csv`, `val_history.jsonl`, `val_games.jsonl` (those that exist) and `run.json` (wall seconds,
+`metrics.csv`, `val_history.jsonl`, `val_games.jsonl`, `attempts.json` (those that exist) and `run.json` (wall seconds,
 commands, git commit, finish time). Each seed folder is published whole (`sage.io.atomic_folder`): a
 crash mid-copy leaves no half folder that would pass for done.
 
@@ -25,7 +25,7 @@ from sage.io import atomic_folder, write_atomic
 
 DONE_FILE = "eval_results.json"
 RUN_INFO = "run.json"
-FIT_FILES = ("metrics.csv", "val_history*.jsonl", "val_games*.jsonl")  # the fit's log dir (the run dir)
+FIT_FILES = ("attempts.json", "metrics.csv", "val_history*.jsonl", "val_games*.jsonl")  # the fit's log dir (the run dir)
 VALIDATE_FILES = ("eval_games*.jsonl",)  # the validate subfolder; *: one file per rank under DDP
 
 

@@ -8,7 +8,8 @@ Each cell x seed is a fresh process (nothing leaks between runs) logging into
 `<output>/runs/<cell>/seed_<S>/` (fit) and its `validate/` subfolder (a second CSVLogger there would
 otherwise delete the fit's metrics.csv). The run's `run.json` (wall seconds, commands, git commit) then
 its `eval_results.json` are written into the run dir last, so the latter marks a finished run: reruns
-skip it, anything else is redone from scratch.
+skip it. A fit that was killed after its first checkpoint resumes from `last.ckpt` in the same run dir
+(`sage.run_resume`); a validate cut short is redone; anything else starts over.
 
 The matrix's keys are in `sage.matrix`. With its `results:` folder (`sage.archive`), each finished
 run's small files are copied there, tables and plots are read from and written there (re-rendered after
@@ -29,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from sage import archive
+from sage import archive, run_resume
 from sage.archive import DONE_FILE
 from sage.errors import ArgumentParser, UsageError
 from sage.io import write_atomic
@@ -106,6 +107,11 @@ def _tail(log: Path, n: int = 15) -> str:
     return "\n".join("    " + line for line in lines[-n:])
 
 
+def _fit_finished(d: Path) -> bool:
+    attempts = run_resume.load_attempts(d)
+    return bool(attempts) and bool(attempts[-1].get("ok"))
+
+
 def run_one(matrix: Matrix, cell: Cell, seed: int, commit: bool = False) -> str:
     """Fit (if the cell trains) then validate one cell x seed; returns "skipped", "ok" or "failed". With a
     results folder the finished run is copied there (`publish`), and a run found there is done."""
@@ -119,19 +125,29 @@ def run_one(matrix: Matrix, cell: Cell, seed: int, commit: bool = False) -> str:
         if kept is not None:  # finished, not yet copied: a crash in between, or `results:` added since
             publish(matrix, cell, seed, commit)
         return "skipped"
-    if d.exists():
+    resume = run_resume.checkpoint_to_resume(d) if cell.fit and d.exists() else None
+    if d.exists() and resume is None and not (cell.fit and _fit_finished(d)):
         print(f"{tag} unfinished run found: removing {d} and starting over", flush=True)
         shutil.rmtree(d)
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(d / "validate", ignore_errors=True)  # a validate that was cut short is redone whole
     head, t0 = archive.head_commit(), time.perf_counter()
     ckpt, fit_cmd, fit_seconds = None, None, None
     if cell.fit:
-        print(f"{tag} fit (log: {d / 'fit.log'})", flush=True)
         fit_cmd = fit_command(matrix, cell, seed)
-        if _run(fit_cmd, d / "fit.log") != 0:
-            print(f"{tag} FAILED in fit:\n{_tail(d / 'fit.log')}", flush=True)
-            return "failed"
-        fit_seconds = time.perf_counter() - t0
+        if not _fit_finished(d):
+            if resume is not None:
+                run_resume.set_aside_logs(d)
+            k = run_resume.start_attempt(d)
+            log = d / ("fit.log" if k == 0 else f"fit.resume{k}.log")
+            how = f"resumed from {resume}" if resume is not None else "fit"
+            print(f"{tag} {how} (log: {log})", flush=True)
+            if _run(fit_cmd + (["--ckpt_path", str(resume)] if resume is not None else []), log) != 0:
+                print(f"{tag} FAILED in fit:\n{_tail(log)}", flush=True)
+                return "failed"
+            run_resume.merge_logs(d)
+            run_resume.end_attempt(d)
+        fit_seconds = run_resume.fit_seconds(d)
         ckpt = newest_checkpoint(d)
         if ckpt is None:  # Lightning saves nothing when no optimizer step happened (e.g. every turn skipped)
             print(

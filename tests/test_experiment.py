@@ -38,12 +38,23 @@ if any(c in d for c in os.environ.get("FAKE_FAIL", "?").split(",")):
     sys.exit(3)
 s = float(arg("--seed_everything")) / 4
 write = lambda name, text: open(os.path.join(d, name), "w").write(text)
-if argv[0] == "fit":
+history = json.dumps({"epoch": 1, "global_step": 3, "success": {"seen": {"overall": s / 2}},
+                      "turn_rates": {"seen": {"reverse_kl": 0.5}}}) + "\n"
+if argv[0] == "fit" and "--ckpt_path" in argv:  # resumed from the step-2 checkpoint: epoch 1 again
+    assert os.path.isfile(arg("--ckpt_path")) and not os.path.exists(os.path.join(d, "metrics.csv"))
+    write("metrics.csv", "epoch,step,train/loss,train/turns\n1,2,0.25,\n1,3,,14\n")
+    open(os.path.join(d, "val_history.jsonl"), "a").write(history)
+    open(os.path.join(d, "val_games.jsonl"), "a").write('{"epoch": 1, "won": false}\n')
+elif argv[0] == "fit":
     os.makedirs(os.path.join(d, "checkpoints"))
     write(os.path.join("checkpoints", "last.ckpt"), "600 MB")
+    if any(c in d for c in os.environ.get("FAKE_KILL", "?").split(",")):  # killed in epoch 1, after its
+        write("metrics.csv", "epoch,step,train/loss,train/turns\n0,0,0.5,\n0,1,,10\n1,2,0.3,\n")  # validation
+        write("val_history.jsonl", history)
+        write("val_games.jsonl", '{"epoch": 1, "won": false}\n')
+        sys.exit(9)
     write("metrics.csv", "epoch,step,train/loss,train/turns\n0,0,0.5,\n0,1,,10\n1,2,0.25,\n1,3,,14\n")
-    write("val_history.jsonl", json.dumps({"epoch": 1, "global_step": 3, "success": {"seen": {"overall": s / 2}},
-                                           "turn_rates": {"seen": {"reverse_kl": 0.5}}}) + "\n")
+    write("val_history.jsonl", history)
     write("val_games.jsonl", '{"epoch": 1, "won": false}\n')
 else:
     res = {"success": {"seen": {"overall": s}, "unseen": {"overall": s / 2}},
@@ -265,6 +276,38 @@ def test_cpu_v2_cells_share_one_budget(monkeypatch, capsys):
     assert len({b[5] for b in budgets.values()} - {None}) == 1, budgets  # the teacher plays more: it keeps its wins
 
 
+def test_a_killed_fit_resumes_from_its_checkpoint_and_logs_as_if_uninterrupted(fake, monkeypatch, capsys):
+    """A session that ends mid-fit must not cost the run: the rerun continues from last.ckpt in the same run
+    dir, the metrics the killed attempt logged survive (Lightning's CSVLogger would delete them), rows
+    redone after the checkpoint are kept once, and the fit's wall time counts both attempts."""
+    out = yaml.safe_load(fake.read_text())["output"]
+    args = ["--matrix", str(fake), "--only", "opd", "--seeds", "1"]
+    monkeypatch.setenv("FAKE_KILL", "opd")
+    assert run(args) == 1
+    d = Path(out) / "runs" / "opd" / "seed_1"
+    assert (d / "checkpoints" / "last.ckpt").is_file() and not (d / "eval_results.json").exists()
+    monkeypatch.delenv("FAKE_KILL")
+    assert run(args) == 0
+    assert "resumed from" in capsys.readouterr().out
+    argv = json.loads((d / "fit_argv.json").read_text())
+    assert argv[argv.index("--ckpt_path") + 1] == str(d / "checkpoints" / "last.ckpt")
+    rows = (d / "metrics.csv").read_text().splitlines()
+    assert rows == ["epoch,step,train/loss,train/turns", "0,0,0.5,", "0,1,,10", "1,2,0.25,", "1,3,,14"]
+    assert len((d / "val_history.jsonl").read_text().splitlines()) == 1
+    assert len((d / "val_games.jsonl").read_text().splitlines()) == 1
+    attempts = json.loads((d / "attempts.json").read_text())
+    assert [a["ok"] for a in attempts] == [False, True] and not list(d.glob("metrics.part*"))
+    info = json.loads((d / "run.json").read_text())
+    assert info["fit_seconds"] == pytest.approx(sum(a["end"] - a["start"] for a in attempts), abs=0.1)
+    # a run killed before its first checkpoint starts over
+    monkeypatch.setenv("FAKE_KILL", "sage_no_gate")
+    assert run(["--matrix", str(fake), "--only", "sage_no_gate"]) == 1
+    (Path(out) / "runs" / "sage_no_gate" / "seed_2" / "checkpoints" / "last.ckpt").unlink()
+    monkeypatch.delenv("FAKE_KILL")
+    assert run(["--matrix", str(fake), "--only", "sage_no_gate"]) == 0
+    assert "removing" in capsys.readouterr().out
+
+
 def test_newest_checkpoint(tmp_path):
     from sage.experiment import newest_checkpoint
 
@@ -296,8 +339,8 @@ cells:
     validate_args: [--data.max_turns, "30"]
     seeds: [1, 2]
 """
-RUN_FILES = ["eval_games.jsonl", "eval_results.json", "metrics.csv", "run.json", "val_games.jsonl",
-             "val_history.jsonl"]
+RUN_FILES = ["attempts.json", "eval_games.jsonl", "eval_results.json", "metrics.csv", "run.json",
+             "val_games.jsonl", "val_history.jsonl"]
 OUTPUTS = {"results.md", "results.csv", "epochs.csv", "success_vs_epoch.png", "final_metrics.png",
            "curves_vs_turns.png"}
 
