@@ -487,6 +487,22 @@ def test_commit_commits_exactly_the_runs_files_and_tables(kept, monkeypatch):
     assert first["commit"] == init  # the code the run ran: HEAD when it started
 
 
+def test_the_projects_gitignore_keeps_results_folders_committable(tmp_path):
+    """`results/<study>/runs/...` must not match the ignore rule meant for the top-level `runs/` (the run
+    dirs with checkpoints): --commit would refuse every study file."""
+    git_env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, env=git_env)
+    shutil.copyfile(ROOT / ".gitignore", tmp_path / ".gitignore")
+
+    def ignored(path: str) -> bool:
+        out = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "-q", path], env=git_env)
+        return out.returncode == 0
+
+    assert not ignored("results/cpu_v2/runs/opd/seed_0/run.json")
+    assert not ignored("results/cpu_v2/results.md")
+    assert ignored("runs/experiments/cpu_v2/runs/opd/seed_0/checkpoints/last.ckpt")
+
+
 def test_commit_waits_out_a_held_index_lock(kept, monkeypatch):
     """Two runners of one study (e.g. one per seed) share the repository: one's commit must not be lost
     because the other held git's index.lock at that moment."""
