@@ -30,8 +30,14 @@ LAST_CKPT = Path("checkpoints") / "last.ckpt"
 APPENDED = ("val_history.jsonl", "val_games.jsonl")
 
 
+def _fit_files(d: Path) -> list[Path]:
+    """The files a fit wrote in its run dir: not the final validate's (`validate.log`, `validate/`)."""
+    return [p for p in d.rglob("*") if p.is_file() and p.name != "validate.log" and "validate" not in
+            p.relative_to(d).parts[:1]]
+
+
 def _newest_mtime(d: Path) -> float:
-    return max((p.stat().st_mtime for p in d.rglob("*") if p.is_file()), default=time.time())
+    return max((p.stat().st_mtime for p in _fit_files(d)), default=time.time())
 
 
 def load_attempts(d: Path) -> list[dict]:
@@ -56,7 +62,7 @@ def start_attempt(d: Path) -> int:
     A run dir from before this record existed counts its files' time span as one attempt."""
     attempts = load_attempts(d)
     if not attempts and (d / LAST_CKPT).is_file():
-        first = min(p.stat().st_mtime for p in d.rglob("*") if p.is_file())
+        first = min(p.stat().st_mtime for p in _fit_files(d))
         attempts.append({"start": first, "end": None})
     if attempts and attempts[-1].get("end") is None:
         attempts[-1]["end"] = _newest_mtime(d)

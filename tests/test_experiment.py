@@ -308,6 +308,22 @@ def test_a_killed_fit_resumes_from_its_checkpoint_and_logs_as_if_uninterrupted(f
     assert "removing" in capsys.readouterr().out
 
 
+def test_a_run_dir_from_before_attempts_were_recorded_counts_its_fit_files_time_span(tmp_path):
+    """A fit started by an older runner has no attempts.json: its time is its fit files' span, not the
+    later killed validate's."""
+    from sage import run_resume
+
+    for name, t in (("config.yaml", 100), ("checkpoints/last.ckpt", 200), ("validate.log", 900),
+                    ("validate/metrics.csv", 950)):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (t, t))
+    assert run_resume.checkpoint_to_resume(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
+    assert run_resume.start_attempt(tmp_path) == 1
+    first = run_resume.load_attempts(tmp_path)[0]
+    assert (first["start"], first["end"], first["ok"]) == (100, 200, False)
+
+
 def test_newest_checkpoint(tmp_path):
     from sage.experiment import newest_checkpoint
 
