@@ -6,6 +6,10 @@ run gives the 30-turn figures too: a game counts as won at N if it was won withi
 turn-level rates count its first N turns (the reverse KL: their tokens).
 
     python -m sage.eval_games RUN/eval_games.jsonl --max-turns 30 [--out figures.json]
+    python -m sage.eval_games RUN/eval_games.jsonl --same-games OTHER/eval_games.jsonl
+
+`--same-games` keeps only the games (split, game id) another evaluation played: e.g. a whole-panel
+evaluation's figures on the half panels a mid-training evaluation used, for a like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -48,17 +52,31 @@ def read(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def same_games(records: list[dict], other: list[dict]) -> list[dict]:
+    """The records of the games (split, game id) that `other` also has."""
+    keep = {(r["split"], r["game_id"]) for r in other}
+    return [r for r in records if (r["split"], r["game_id"]) in keep]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("games", help="an eval_games.jsonl written by sage validate")
     ap.add_argument("--max-turns", type=int, default=None, help="count only each game's first N turns")
+    ap.add_argument("--same-games", default=None, metavar="JSONL",
+                    help="count only the games (split, game id) this other eval_games.jsonl has")
     ap.add_argument("--out", default=None, help="write the figures here (JSON)")
     args = ap.parse_args(argv)
     if args.max_turns is not None and args.max_turns < 1:
         ap.error(f"--max-turns must be >= 1, got {args.max_turns}")
-    if not Path(args.games).is_file():
-        ap.error(f"no such file: {args.games}")
-    figures = summarize(read(args.games), args.max_turns)
+    for path in (args.games, args.same_games):
+        if path is not None and not Path(path).is_file():
+            ap.error(f"no such file: {path}")
+    records = read(args.games)
+    if args.same_games is not None:
+        records = same_games(records, read(args.same_games))
+        if not records:
+            ap.error(f"--same-games={args.same_games}: none of its games is in {args.games}")
+    figures = summarize(records, args.max_turns)
     text = json.dumps(figures, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
