@@ -107,11 +107,6 @@ def _tail(log: Path, n: int = 15) -> str:
     return "\n".join("    " + line for line in lines[-n:])
 
 
-def _fit_finished(d: Path) -> bool:
-    attempts = run_resume.load_attempts(d)
-    return bool(attempts) and bool(attempts[-1].get("ok"))
-
-
 def run_one(matrix: Matrix, cell: Cell, seed: int, commit: bool = False) -> str:
     """Fit (if the cell trains) then validate one cell x seed; returns "skipped", "ok" or "failed". With a
     results folder the finished run is copied there (`publish`), and a run found there is done."""
@@ -126,7 +121,7 @@ def run_one(matrix: Matrix, cell: Cell, seed: int, commit: bool = False) -> str:
             publish(matrix, cell, seed, commit)
         return "skipped"
     resume = run_resume.checkpoint_to_resume(d) if cell.fit and d.exists() else None
-    if d.exists() and resume is None and not (cell.fit and _fit_finished(d)):
+    if d.exists() and resume is None and not (cell.fit and run_resume.fit_finished(d)):
         print(f"{tag} unfinished run found: removing {d} and starting over", flush=True)
         shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
@@ -135,7 +130,7 @@ def run_one(matrix: Matrix, cell: Cell, seed: int, commit: bool = False) -> str:
     ckpt, fit_cmd, fit_seconds = None, None, None
     if cell.fit:
         fit_cmd = fit_command(matrix, cell, seed)
-        if not _fit_finished(d):
+        if not run_resume.fit_finished(d):
             if resume is not None:
                 run_resume.set_aside_logs(d)
             k = run_resume.start_attempt(d)

@@ -49,12 +49,16 @@ def _save_attempts(d: Path, attempts: list[dict]) -> None:
     write_atomic(d / ATTEMPTS, json.dumps(attempts, indent=1) + "\n")
 
 
+def fit_finished(d: Path) -> bool:
+    """The fit in `d` ended well (its last attempt closed by `end_attempt`)."""
+    attempts = load_attempts(d)
+    return bool(attempts) and bool(attempts[-1].get("ok"))
+
+
 def checkpoint_to_resume(d: Path) -> Path | None:
     """The last checkpoint of a fit that started in `d` and never finished (None: nothing to resume)."""
-    attempts = load_attempts(d)
-    finished = bool(attempts) and attempts[-1].get("end") is not None and attempts[-1].get("ok")
     ckpt = d / LAST_CKPT
-    return ckpt if ckpt.is_file() and not finished else None
+    return ckpt if ckpt.is_file() and not fit_finished(d) else None
 
 
 def start_attempt(d: Path) -> int:
