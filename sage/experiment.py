@@ -47,6 +47,12 @@ def sage_command() -> list[str]:
     return [sys.executable, "-m", "sage.cli"]
 
 
+def recorded(cmd: list[str]) -> str:
+    """A command as run.json keeps it: `sage ...`, not this machine's interpreter path (committed files
+    travel to other machines)."""
+    return shlex.join(["sage", *cmd[len(sage_command()) :]])
+
+
 def cell_seeds(matrix: Matrix, cell: Cell) -> list[int]:
     return matrix.seeds if cell.seeds is None else cell.seeds
 
@@ -156,8 +162,8 @@ def run_one(matrix: Matrix, cell: Cell, seed: int, commit: bool = False) -> str:
     if rc != 0 or not result.is_file():
         print(f"{tag} FAILED in validate (rc={rc}):\n{_tail(d / 'validate.log')}", flush=True)
         return "failed"
-    archive.write_run_info(d, fit_seconds, time.perf_counter() - t1, fit_cmd and shlex.join(fit_cmd),
-                           shlex.join(val_cmd), head)
+    archive.write_run_info(d, fit_seconds, time.perf_counter() - t1, fit_cmd and recorded(fit_cmd),
+                           recorded(val_cmd), head)
     write_atomic(d / DONE_FILE, result.read_bytes())
     print(f"{tag} done in {time.perf_counter() - t0:.0f} s", flush=True)
     if kept is not None:

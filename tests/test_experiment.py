@@ -398,6 +398,7 @@ def test_results_folder_copies_and_skips_when_runs_are_gone(kept, capsys):
     assert info["commit"] is None and info["finished"].endswith("+00:00")
     assert info["fit_seconds"] >= 0 and info["validate_seconds"] >= 0  # rounded to 0.1 s: a fake can take 0.0
     assert " fit " in info["fit_command"] and "--ckpt_path" in info["validate_command"]
+    assert info["fit_command"].startswith("sage fit --config ") and info["validate_command"].startswith("sage validate ")
     start = json.loads((results / "runs/student_start/seed_1/run.json").read_text())
     assert start["fit_seconds"] is None and start["fit_command"] is None
     assert set(outputs(results)) >= OUTPUTS and not (out / "results.md").exists()
