@@ -464,12 +464,17 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
 
 
-def test_commit_commits_exactly_the_runs_files_and_tables(kept, monkeypatch):
+@pytest.fixture
+def plain_git(monkeypatch):
+    """git with a test identity and none of the user's or system's config (signing, hooks)."""
     for key in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{key}_NAME", "test")
         monkeypatch.setenv(f"GIT_{key}_EMAIL", "test@example.com")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)  # no signing or hooks from the user's config
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+def test_commit_commits_exactly_the_runs_files_and_tables(kept, plain_git):
     git("init", "-q")
     Path("notes.txt").write_text("v1\n")
     Path("staged.txt").write_text("a\n")
@@ -504,15 +509,14 @@ def test_commit_commits_exactly_the_runs_files_and_tables(kept, monkeypatch):
     assert first["commit"] == init  # the code the run ran: HEAD when it started
 
 
-def test_the_projects_gitignore_keeps_results_folders_committable(tmp_path):
+def test_the_projects_gitignore_keeps_results_folders_committable(tmp_path, plain_git):
     """`results/<study>/runs/...` must not match the ignore rule meant for the top-level `runs/` (the run
     dirs with checkpoints): --commit would refuse every study file."""
-    git_env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, env=git_env)
+    git("init", "-q", str(tmp_path))
     shutil.copyfile(ROOT / ".gitignore", tmp_path / ".gitignore")
 
     def ignored(path: str) -> bool:
-        out = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "-q", path], env=git_env)
+        out = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "-q", path])
         return out.returncode == 0
 
     assert not ignored("results/cpu_v2/runs/opd/seed_0/run.json")
@@ -520,18 +524,13 @@ def test_the_projects_gitignore_keeps_results_folders_committable(tmp_path):
     assert ignored("runs/experiments/cpu_v2/runs/opd/seed_0/checkpoints/last.ckpt")
 
 
-def test_commit_waits_out_a_held_index_lock(kept, monkeypatch):
+def test_commit_waits_out_a_held_index_lock(kept, plain_git):
     """Two runners of one study (e.g. one per seed) share the repository: one's commit must not be lost
     because the other held git's index.lock at that moment."""
     import threading
 
     from sage import archive
 
-    for key in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{key}_NAME", "test")
-        monkeypatch.setenv(f"GIT_{key}_EMAIL", "test@example.com")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     git("init", "-q")
     lock = Path(".git/index.lock")
     Path("a.txt").write_text("a\n")
