@@ -42,7 +42,16 @@ from sage.plan import MicroBatch
 from sage.rollout.loop import RolloutStopped
 from sage.rollout.player import PartialPlay, Player, PlayStopped
 from sage.rollout.records import Episode
-from sage.specs import DATA_SOURCES, DaggerSpec, DataSource, GateSpec, RolloutSpec, check_choice, check_range
+from sage.specs import (
+    DATA_SOURCES,
+    DaggerSpec,
+    DataSource,
+    GateSpec,
+    RolloutSpec,
+    TeacherPoolSpec,
+    check_choice,
+    check_range,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +106,8 @@ class SageDataModule(L.LightningDataModule):
     Args:
         data_root: folder holding ``json_2.1.1`` (else ``$ALFWORLD_DATA``, else the bundled subset).
         train_split: split the training games are drawn from.
-        train_games: games sampled (seeded by epoch) from ``train_split`` for each epoch's rollouts.
+        train_games: games sampled (seeded by epoch) from ``train_split`` for each epoch's rollouts (with
+            ``teacher_pool``: episodes drawn from the pool per epoch).
         rollout_batch: games played together in one batched rollout (None = all of this rank's games).
         val_splits: evaluation splits.
         val_games: games per evaluation split (None = every game once; a number takes games round-robin
@@ -111,6 +121,9 @@ class SageDataModule(L.LightningDataModule):
             training: the hand-coded expert, noise and the model play; expert turns and judge examples
             with offline labels are served; see `dagger`).
         teacher_won_only: with ``source=teacher``, keep only the games the teacher won.
+        teacher_pool: with ``source=teacher``, draw each epoch's ``train_games`` episodes from a pool the
+            teacher played once (`TeacherPoolSpec`, `sage.teacher_pool`) instead of replaying the teacher on
+            ``train_games`` new games every epoch.
         rollout: how the student plays (context mode, sampling, lengths).
         prompt: the prompt text.
         max_turns: environment turns per episode (ALFWorld's limit is 50).
@@ -137,6 +150,7 @@ class SageDataModule(L.LightningDataModule):
         val_batch: int | None = None,
         source: DataSource = "on_policy",
         teacher_won_only: bool = True,
+        teacher_pool: TeacherPoolSpec | None = None,
         rollout: RolloutSpec | None = None,
         prompt: PromptTemplate | None = None,
         max_turns: int = 50,
@@ -156,6 +170,8 @@ class SageDataModule(L.LightningDataModule):
             ("max_tokens_per_micro_batch", max_tokens_per_micro_batch, 1, False), ("seed", seed, 0, False),
         ):
             check_range(f"data.{key}", value, low, or_null=optional)
+        if teacher_pool is not None and source != "teacher":
+            raise ValueError(f"data.teacher_pool is set but data.source={source!r}: the pool serves source=teacher only")
         self.data_root = data_root
         self.train_split = canonical_split(train_split)
         self.train_games = train_games
@@ -166,6 +182,7 @@ class SageDataModule(L.LightningDataModule):
         self.val_batch = val_batch
         self.source = source
         self.teacher_won_only = teacher_won_only
+        self.teacher_pool = teacher_pool
         self.rollout_spec = rollout or RolloutSpec()
         self.prompt = PromptBuilder(prompt)
         self.max_turns = max_turns
@@ -257,6 +274,8 @@ class SageDataModule(L.LightningDataModule):
                                        chunk=self.rollout_batch)
         elif self.source == "dagger":
             episodes = self._dagger_round(epoch, games, student, tokenizer, seed)
+        elif self.source == "teacher" and self.teacher_pool is not None:
+            episodes = self._from_teacher_pool(epoch)
         elif self.source == "teacher":
             if teacher is None:
                 raise ValueError("data.source=teacher needs model.teacher")
@@ -265,6 +284,18 @@ class SageDataModule(L.LightningDataModule):
         else:
             episodes = self.player.play(student, tokenizer, games, greedy=False, seed=seed, resume=resume)
         return [ep for ep in episodes if ep.error is None]
+
+    def _from_teacher_pool(self, epoch: int) -> list[Episode]:
+        from sage import teacher_pool
+
+        pool = teacher_pool.load_or_build(
+            self.teacher_pool, teacher=self.teacher, tokenizer=self.tokenizer, env_pool=self.pool, prompt=self.prompt,
+            rollout=self.rollout_spec, max_turns=self.max_turns, split=self.train_split, data_root=self.data_root,
+            won_only=self.teacher_won_only, stop=self._stop_at_turn)
+        self._round_stats = {"teacher_pool_episodes": float(len(pool.episodes)),
+                             "teacher_pool_win_rate": pool.win_rate}
+        rank, size = world()
+        return shard(teacher_pool.draw(pool.episodes, self.train_games, self.seed, epoch), rank, size)
 
     def _dagger_round(self, epoch, games, model, tokenizer, seed) -> list[Episode]:
         from sage.distill.judge import TeacherJudge

@@ -272,6 +272,29 @@ def check_splits(data) -> None:
                 raise ConfigError(f"{key}: {exc}") from None
 
 
+def check_data_source(cfg) -> None:
+    """data.teacher_pool through its own checks (`TeacherPoolSpec`) now, then what crosses keys:
+    data.source=teacher needs a teacher; the pool serves source=teacher only, from a file this run can
+    write (it builds the pool when the file does not exist yet)."""
+    from sage.specs import TeacherPoolSpec
+
+    source, pool = _get(cfg, "data.source"), _get(cfg, "data.teacher_pool")
+    if pool is not None:
+        fields = dict(pool.as_dict() if hasattr(pool, "as_dict") else vars(pool) if not isinstance(pool, dict) else pool)
+        TeacherPoolSpec(**fields)
+    if source == "teacher" and _get(cfg, "model.teacher") is None:
+        raise ConfigError("data.source=teacher needs model.teacher (the model whose episodes are trained on)")
+    if pool is None:
+        return
+    if source != "teacher":
+        raise ConfigError(f"data.teacher_pool is set but data.source={source!r}: the pool serves source=teacher only")
+    file = str(fields["file"])
+    try:
+        check_writable_dir("its folder", os.path.dirname(os.path.abspath(os.path.expanduser(file))))
+    except InputError as exc:
+        raise ConfigError(f"data.teacher_pool.file={file!r} cannot be written: {exc}") from None
+
+
 def check_config(cfg, subcommand: str | None) -> None:
     """Everything above, on the parsed config of one subcommand (`SageCLI.before_instantiate_classes`)."""
     check_model_specs(_get(cfg, "model"))
@@ -291,6 +314,7 @@ def check_config(cfg, subcommand: str | None) -> None:
         check_range("seed_everything", seed, 0, 2**32 - 1)
     check_range("model.grad_clip", _get(cfg, "model.grad_clip"), 0.0, low_open=True, or_null=True)
     check_splits(_get(cfg, "data"))
+    check_data_source(cfg)
     check_optimizer(_get(cfg, "model.optimizer"), _get(cfg, "model.lr_scheduler"))
     for key in ("evaluation.results_file", "evaluation.history_file", "evaluation.games_file",
                 "evaluation.games_history_file", "episode_log.dirname"):

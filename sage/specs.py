@@ -242,6 +242,32 @@ class RolloutSpec:
 
 
 @dataclass
+class TeacherPoolSpec:
+    """``data.source: teacher`` from a fixed set of the teacher's episodes (`sage.teacher_pool`): the frozen
+    teacher plays ``games`` train games once (sampled), its episodes are kept in ``file``, and each epoch draws
+    ``data.train_games`` of them (the won ones with ``data.teacher_won_only``; a permutation seeded by
+    ``data.seed``, without repeats until the pool is used up). Runs naming the same file share it: the SFT
+    baseline on a dataset collected from the teacher once, not the teacher replayed by every seed."""
+
+    file: str | None = None
+    """Where the pool is kept (required) (built by the first run that needs it, reused by the others; a pool built
+    with another teacher, games, turn limit, prompt or sampling is refused, naming what differs)."""
+    games: int = 160
+    """Train games the teacher plays for the pool."""
+    seed: int = 0
+    """Seed of the pool's game sample and of the teacher's sampling (not ``data.seed``: seeds share a pool)."""
+    batch: int = 32
+    """Games the teacher plays together (one KV cache)."""
+
+    def __post_init__(self) -> None:
+        check_range("data.teacher_pool.games", self.games, 1)
+        check_range("data.teacher_pool.seed", self.seed, 0)
+        check_range("data.teacher_pool.batch", self.batch, 1)
+        if not str(self.file or "").strip():
+            raise SpecError(f"data.teacher_pool.file={self.file!r} must name the file that keeps the pool")
+
+
+@dataclass
 class DaggerSpec:
     """Teacher data for ``data.source: dagger`` (results/teacher/README.md): epoch r is round r. Each round plays
     its own block of train games (a seeded permutation of the split, cut in consecutive blocks) with a

@@ -217,9 +217,16 @@ def test_sft_with_specs_it_would_ignore_is_refused(tmp_path, monkeypatch, capsys
          "ckpt_path='/tmp/nope.ckpt': no such file; checkpoints are at <run>/checkpoints/last.ckpt"),
         (["--model.optimizer.init_args.lr", "fast"], "fit", "model.optimizer.init_args.lr='fast': expected a number"),
         (["--model.optimizer.init_args.lr", "-1"], "fit", "model.optimizer.init_args.lr=-1.0 must be > 0"),
+        (["--data.source", "teacher", "--model.teacher", "null"], "fit",
+         "data.source=teacher needs model.teacher (the model whose episodes are trained on)"),
+        (["--data.teacher_pool.file", "pool.pt"], "fit",
+         "data.teacher_pool is set but data.source='on_policy': the pool serves source=teacher only"),
+        (["--data.source", "teacher", "--data.teacher_pool.games", "160"], "fit",
+         "data.teacher_pool.file=None must name the file that keeps the pool"),
     ],
     ids=["train_games_negative", "train_games_zero", "samples_per_step", "max_turns", "val_games", "ckpt_missing",
-         "lr_type", "lr_range"],
+         "lr_type", "lr_range", "teacher_source_without_teacher", "teacher_pool_without_teacher_source",
+         "teacher_pool_without_file"],
 )
 def test_bad_number_or_file_is_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys, args, command, line):
     import sage.models

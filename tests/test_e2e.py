@@ -210,6 +210,39 @@ def test_mid_epoch_resume_matches_an_uninterrupted_run(tmp_path, pool):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_sft_on_a_teacher_pool_that_two_seeds_share(tmp_path, pool, monkeypatch):
+    """SFT on the teacher's episodes from a pool (`sage.teacher_pool`): the first run has the teacher play the
+    pool's games once; a run with another data seed loads the same file (the teacher does not play again)
+    and draws another sample of it."""
+    import sage.teacher_pool
+
+    file = tmp_path / "pool.pt"
+    extra = ("--config", str(ROOT / "configs/sft.yaml"), "--model.teacher.name_or_path", "tiny-random",
+             "--model.teacher.seed", "1", "--data.source", "teacher", "--data.teacher_won_only",
+             "false", "--data.teacher_pool.file", str(file), "--data.teacher_pool.games", "5",
+             "--data.train_games", "2", "--data.samples_per_step", "8", "--trainer.check_val_every_n_epoch", "100")
+    played, play = [], sage.teacher_pool.Player.play
+    drawn = {}
+    for seed in (0, 1):
+        c = build(tiny_args(tmp_path / f"seed{seed}", epochs=2, val_every=100, extra=(*extra, "--data.seed", str(seed))),
+                  pool)
+        published = _Published()
+        c.trainer.callbacks.append(published)
+        monkeypatch.setattr(sage.teacher_pool.Player, "play",
+                            lambda self, *a, _seed=seed, **k: played.append(_seed) or play(self, *a, **k))
+        c.trainer.fit(c.model, datamodule=c.datamodule)
+        if seed == 0:
+            built = file.stat().st_mtime_ns
+        drawn[seed] = [[ep.game_id for ep in e.episodes] for e in published.epochs]
+        assert all(e.stats["teacher_pool_episodes"] == 5 for e in published.epochs)
+    assert played == [0] and file.stat().st_mtime_ns == built  # played once, by the first run
+    pooled = {g["game_id"] for g in torch.load(file, weights_only=False)["games"]}
+    for seed in (0, 1):
+        assert [len(ids) for ids in drawn[seed]] == [2, 2] and set(sum(drawn[seed], [])) <= pooled
+        assert len(set(sum(drawn[seed], []))) == 4  # two epochs: four different episodes of the five
+    assert drawn[0] != drawn[1]
+
+
 @pytest.mark.parametrize(
     "name, extra",
     [

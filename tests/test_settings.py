@@ -133,6 +133,10 @@ CASES: dict[str, tuple[str | None, str | None]] = {
     "data.dagger.judge_labels": (None, "[SKIP, MAYBE]"),
     "data.dagger.judge_history": ("x", "-1"),
     "data.dagger.judge_weight": ("x", "[0]"),
+    "data.teacher_pool.file": (None, NOT_A_DIR + "/pool.pt"),
+    "data.teacher_pool.games": ("x", "0"),
+    "data.teacher_pool.seed": ("x", "-1"),
+    "data.teacher_pool.batch": ("x", "0"),
     "data.rollout.context_mode": (None, "chat"),
     "data.rollout.window_history": ("x", "-1"),
     "data.rollout.temperature": ("x", "0"),
@@ -166,7 +170,7 @@ FREE = {"trainer.logger.init_args.name", "trainer.logger.init_args.prefix", "tra
         "model.teacher.lora.target_modules", "model.judge_prompt", "data.prompt"}
 FREE_PREFIXES = ("data.prompt.", "model.judge_prompt.")  # every field of the prompt texts (base.yaml sets some)
 # Sections whose own keys are swept (null by default, so --print_config shows them as one key).
-SECTIONS = {"model.student.lora", "model.teacher.lora", "model.optimizer", "data.dagger"}
+SECTIONS = {"model.student.lora", "model.teacher.lora", "model.optimizer", "data.dagger", "data.teacher_pool"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -211,7 +215,7 @@ def test_every_key_has_a_case(parser_keys):
     lora = {f"model.{r}.lora.{k}" for r in ("student", "teacher") for k in ("r", "alpha", "dropout", "target_modules")}
     missing = sorted(k for k in parser_keys - set(CASES) - FREE - SECTIONS if not k.startswith(FREE_PREFIXES))
     assert not missing, f"keys without a sweep case: {missing}"
-    dagger = {k for k in CASES if k.startswith("data.dagger.")}  # null by default: one key in the dump
+    dagger = {k for k in CASES if k.startswith(("data.dagger.", "data.teacher_pool."))}  # null by default: one key
     stale = sorted(set(CASES) - parser_keys - lora - dagger)
     assert not stale, f"cases for keys the parser no longer has: {stale}"
 
@@ -220,6 +224,8 @@ def _value_arg(key: str, value: str) -> list[str]:
     if key.startswith("model.student.lora.") or key.startswith("model.teacher.lora."):
         section, field = key.rsplit(".", 1)
         return [f"--{section}", f"{{r: 2, {field}: {value}}}" if field != "r" else f"{{r: {value}}}"]
+    if key == "data.teacher_pool.file":  # the pool serves source=teacher only
+        return ["--data.source", "teacher", f"--{key}", value]
     if key == "model.optimizer.class_path":
         return ["--model.optimizer", value]
     if key == "model.lr_scheduler":
