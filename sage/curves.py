@@ -7,6 +7,11 @@ of epoch e is `train/turns` (metrics.csv, `sage.epoch.episode_stats`) summed ove
 (`sage.results.cumulative_turns`); the final `sage validate` sits at the total; the matrix's `start_cell`
 (the untrained student, evaluated once) is every curve's x=0. For SFT the turns are the expert's.
 Cells that do not train (teacher, zero-shot) are dashed horizontal lines.
+
+Same games at every point: when a run kept its per-game records (`val_games.jsonl` of the validations during
+fit, `eval_games.jsonl` of the final one), its final point and the start cell's x=0 are computed on the
+games its validations during fit played (`sage.eval_games.same_games`): with half panels during fit and the
+whole ones at the end, a curve would otherwise mix two game sets. The tables keep the whole panels.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sage.eval_games import read as read_games
+from sage.eval_games import same_games, summarize
 from sage.plots import PANELS, plt, save_png, shared_legend
 from sage.results import (
     cumulative_turns,
     eval_value,
-    load_eval_results,
     mean_std,
     read_epoch_metrics,
     read_val_history,
@@ -35,28 +41,59 @@ METRICS = {
 FINAL = 1_000_000  # the sort key of the final validate: after every epoch
 
 
+def curve_games(d: Path) -> list[dict] | None:
+    """The per-game records of a run's validations during fit (their (split, game id) pairs are the games of
+    its curve), or None when it kept none."""
+    records = [r for p in sorted(d.glob("val_games*.jsonl")) for r in read_games(p)]
+    return records or None
+
+
+def final_payload(d: Path, games: list[dict] | None) -> dict | None:
+    """A run's final evaluation: on ``games`` when given and the run kept its per-game records, else its
+    `eval_results.json` (the whole panels); None when it has not finished."""
+    if not (d / "eval_results.json").is_file():
+        return None
+    records = [r for p in sorted(d.glob("eval_games*.jsonl")) for r in read_games(p)]
+    if games and records:
+        kept = same_games(records, games)
+        if kept:
+            return summarize(kept)
+    return json.loads((d / "eval_results.json").read_text())
+
+
 def seed_points(d: Path) -> dict[int, tuple[float, dict]]:
     """One run's evaluations with a turn count: epoch -> (x, val_history line), and FINAL -> (total turns,
-    eval_results.json) when the run finished and every epoch logged its turns."""
+    final evaluation on the curve's games) when the run finished and every epoch logged its turns."""
     metrics = read_epoch_metrics(d / "metrics.csv", ["train/turns"])
     cum = cumulative_turns(metrics)
     out = {int(h["epoch"]): (cum[int(h["epoch"])], h) for h in read_val_history(d / "val_history.jsonl")
            if int(h["epoch"]) in cum}
-    if cum and len(cum) == len(metrics) and (d / "eval_results.json").is_file():
-        out[FINAL] = (cum[max(cum)], json.loads((d / "eval_results.json").read_text()))
+    final = final_payload(d, curve_games(d))
+    if cum and len(cum) == len(metrics) and final is not None:
+        out[FINAL] = (cum[max(cum)], final)
     return out
 
 
-def cell_curve(
-    root, cell: str, start: dict[str, float] | None = None
-) -> dict[str, list[tuple[float, float, bool]]]:
+def final_means(root, cell: str, games: list[dict] | None = None) -> dict[str, float]:
+    """metric -> mean over the finished seeds of the final evaluation (on ``games`` where the seed kept its
+    per-game records): a start cell's x=0, an evaluation-only cell's horizontal line."""
+    res = [p for d in seed_dirs(root, cell).values() if (p := final_payload(d, games)) is not None]
+    out = {m: mean_std([eval_value(r, *where) for r in res])[0] for m, where in METRICS.items()}
+    return {m: v for m, v in out.items() if v is not None}
+
+
+def cell_curve(root, cell: str, start_cell: str | None = None) -> dict[str, list[tuple[float, float, bool]]]:
     """metric -> [(x, y, final)] in evaluation order, x and y each the mean over the seeds that have the
-    metric there, final for the final validate; `start` (metric -> value) is prepended at x=0."""
-    per_seed = [seed_points(d) for d in seed_dirs(root, cell).values()]
+    metric there, final for the final validate; the start cell's value (on each seed's curve games, then
+    averaged) is prepended at x=0."""
+    dirs = list(seed_dirs(root, cell).values())
+    per_seed = [seed_points(d) for d in dirs]
+    starts = [final_means(root, start_cell, curve_games(d)) for d in dirs if seed_points(d)] if start_cell else []
     keys = sorted({k for pts in per_seed for k in pts})
     curves = {}
     for metric, (section, split, key) in METRICS.items():
-        line = [(0.0, start[metric], False)] if start and start.get(metric) is not None else []
+        at_zero = [s[metric] for s in starts if s.get(metric) is not None]
+        line = [(0.0, mean_std(at_zero)[0], False)] if at_zero else []
         for k in keys:
             pairs = [(x, v) for pts in per_seed if k in pts
                      for x, v in [(pts[k][0], eval_value(pts[k][1], section, split, key))] if v is not None]
@@ -64,13 +101,6 @@ def cell_curve(
                 line.append((mean_std([x for x, _ in pairs])[0], mean_std([v for _, v in pairs])[0], k == FINAL))
         curves[metric] = line
     return curves
-
-
-def final_means(root, cell: str) -> dict[str, float]:
-    """metric -> mean over the finished seeds of the final evaluation (the x=0 point of a start cell)."""
-    res = load_eval_results(root, cell).values()
-    out = {m: mean_std([eval_value(r, *where) for r in res])[0] for m, where in METRICS.items()}
-    return {m: v for m, v in out.items() if v is not None}
 
 
 PANEL_SPECS = (  # title, ylabel, [(metric, line style)], scale
@@ -109,7 +139,8 @@ def plot_turn_curves(curves: dict, baselines: dict, path: Path) -> Path:
         if scale == 100:
             ax.set_ylim(-2, 102)
     shared_legend(axes, final_star=True)
-    fig.suptitle("Validations during fit (o) and the final `sage validate` (*) against student rollout turns")
+    fig.suptitle("Validations during fit (o) and the final `sage validate` (*) against student rollout turns\n"
+                 "(every point on the games the validations during fit played, where the runs kept per-game records)")
     return save_png(fig, path)
 
 
@@ -117,10 +148,11 @@ def make_turn_curves(root, cells: list[str], labels: dict[str, str], fitted: lis
                      start_cell: str | None = None) -> list[Path]:
     """`curves_vs_turns.png` in `root` when any trained cell has a point with a turn count; [] otherwise."""
     root = Path(root)
-    start = final_means(root, start_cell) if start_cell else None
-    curves = {labels.get(c, c): cell_curve(root, c, start) for c in fitted if c != start_cell}
-    curves = {k: v for k, v in curves.items() if any(len(pts) > (1 if start else 0) for pts in v.values())}
+    curves = {labels.get(c, c): cell_curve(root, c, start_cell) for c in fitted if c != start_cell}
+    curves = {k: v for k, v in curves.items() if any(p[0] > 0 for pts in v.values() for p in pts)}
     if not curves:
         return []
-    baselines = {labels.get(c, c): final_means(root, c) for c in cells if c not in fitted and c != start_cell}
+    # the evaluation-only cells' lines on the games of the first trained run that kept per-game records
+    games = next((g for c in fitted for d in seed_dirs(root, c).values() if (g := curve_games(d))), None)
+    baselines = {labels.get(c, c): final_means(root, c, games) for c in cells if c not in fitted and c != start_cell}
     return [plot_turn_curves(curves, {k: v for k, v in baselines.items() if v}, root / "curves_vs_turns.png")]

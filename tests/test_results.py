@@ -241,6 +241,47 @@ def test_table_reverse_kl_repeat_and_wall_time(tmp_path):
     assert float(table["opd"]["unseen/reverse_kl/mean"]) == pytest.approx(0.1617)
 
 
+def game_record(split: str, game: str, won: bool, kl: float, epoch: int = 0) -> dict:
+    """One line of val_games.jsonl / eval_games.jsonl: a 2-turn game with the given per-token KL."""
+    return {"epoch": epoch, "split": split, "game_id": game, "task_type": "pick_and_place_simple", "won": won,
+            "turns": 2, "admissible": [1, 0], "parsed": [1, 1], "repeat": [0, 1], "kl": [kl, kl],
+            "kl_tokens": [1, 1]}
+
+
+def test_curve_points_are_computed_on_the_games_played_during_fit(tmp_path):
+    """Half panels during fit, whole panels at the end: the final point and x=0 are recomputed on the games
+    the validations during fit played, so a curve never mixes game sets; the table's whole-panel figures
+    (eval_results.json) are left alone, and a run without per-game records keeps them on its curve."""
+    from sage.curves import FINAL, cell_curve, final_means, seed_points
+
+    def lines(records):
+        return "".join(json.dumps(r) + "\n" for r in records)
+
+    root = tmp_path
+    run = root / "runs/opd/seed_0"
+    write_fit(run, [10, 20], {1: (0.5, 0.25)})
+    (run / "val_games.jsonl").write_text(lines([game_record("seen", "a", True, 0.25, 1),
+                                                game_record("seen", "b", False, 0.25, 1)]))
+    whole = [game_record("seen", "a", True, 0.5), game_record("seen", "b", True, 0.5),
+             game_record("seen", "c", False, 2.0), game_record("seen", "d", False, 2.0)]
+    (run / "eval_games.jsonl").write_text(lines(whole))
+    write_json(run / "eval_results.json", payload(0.5, 0.0))  # the whole panel: 2 of 4
+    start = root / "runs/student_start/seed_0"
+    write_run(root, "student_start", 0, payload(0.25, 0.0))
+    (start / "eval_games.jsonl").write_text(lines([game_record("seen", "a", False, 1.0), game_record("seen", "b", False, 1.0),
+                                                   game_record("seen", "c", True, 3.0), game_record("seen", "d", False, 3.0)]))
+
+    (x, final), = [v for k, v in seed_points(run).items() if k == FINAL]
+    assert x == 30 and final["success"]["seen"]["overall"] == 1.0 and final["turn_rates"]["seen"]["reverse_kl"] == 0.5
+    curve = cell_curve(root, "opd", "student_start")
+    assert curve["seen"] == [(0.0, 0.0, False), (30.0, 0.5, False), (30.0, 1.0, True)]  # games a, b only
+    assert curve["seen_kl"] == [(0.0, 1.0, False), (30.0, 0.25, False), (30.0, 0.5, True)]
+    assert final_means(root, "student_start")["seen"] == 0.25  # without games: the whole panel, as the table
+    (run / "val_games.jsonl").unlink()  # no per-game records of the fit: the curve keeps the whole panels
+    assert cell_curve(root, "opd", "student_start")["seen"] == [(0.0, 0.25, False), (30.0, 0.5, False),
+                                                                  (30.0, 0.5, True)]
+
+
 def write_fit(d, turns: list[float | None], vals: dict[int, tuple[float, float]]) -> None:
     """A fit's metrics.csv (sparse rows, as CSVLogger writes them: step rows, then the epoch row with
     train/turns) and val_history.jsonl: epoch -> (seen success, seen reverse KL)."""
@@ -257,7 +298,7 @@ def write_fit(d, turns: list[float | None], vals: dict[int, tuple[float, float]]
 def test_learning_curves_against_cumulative_turns(tmp_path):
     """x of a validation at the end of epoch e = train/turns summed over epochs 0..e; the final validate
     at the total; the start cell at x=0; mean over seeds of x and of y."""
-    from sage.curves import FINAL, cell_curve, final_means, make_turn_curves, seed_points
+    from sage.curves import FINAL, cell_curve, make_turn_curves, seed_points
     from sage.results import cumulative_turns
 
     root = tmp_path
@@ -272,7 +313,7 @@ def test_learning_curves_against_cumulative_turns(tmp_path):
     write_run(root, "student_start", 0, start)
 
     assert {k: x for k, (x, _) in seed_points(root / "runs/opd/seed_0").items()} == {0: 10, 2: 60, FINAL: 60}
-    curve = cell_curve(root, "opd", final_means(root, "student_start"))
+    curve = cell_curve(root, "opd", "student_start")
     assert curve["seen"] == [(0.0, 0.125, False), (15.0, 0.5, False), (60.0, 0.75, False), (60.0, 0.375, True)]
     assert curve["seen_kl"] == [(0.0, 1.5, False), (15.0, 0.625, False), (60.0, 0.375, False), (60.0, 0.25, True)]
     assert curve["unseen_kl"] == []  # no value anywhere
