@@ -1,5 +1,6 @@
 """Learning curves against student rollout turns (`curves_vs_turns.png`): validation success on seen and
-unseen games and the reverse KL to the teacher, mean over seeds, one line per trained cell.
+unseen games, the reverse KL to the teacher and the admissible-action rate (the finer signal while success is
+near 0), mean over seeds, one line per trained cell.
 
 Why turns and not epochs: cells differ in how many turns an epoch plays (rollouts end early, SFT plays
 the expert's shorter games), and rollout turns are what a CPU study pays for. x of a validation at the end
@@ -37,6 +38,8 @@ METRICS = {
     "unseen": ("success", "unseen", "overall"),
     "seen_kl": ("turn_rates", "seen", "reverse_kl"),
     "unseen_kl": ("turn_rates", "unseen", "reverse_kl"),
+    "seen_admissible": ("turn_rates", "seen", "admissible_rate"),
+    "unseen_admissible": ("turn_rates", "unseen", "admissible_rate"),
 }
 FINAL = 1_000_000  # the sort key of the final validate: after every epoch
 
@@ -108,13 +111,15 @@ PANEL_SPECS = (  # title, ylabel, [(metric, line style)], scale
     (PANELS["unseen"], "success % (mean over seeds)", [("unseen", "-")], 100),
     ("reverse KL to the teacher", "nats/token (seen -, unseen --)",
      [("seen_kl", "-"), ("unseen_kl", "--")], 1),
+    ("admissible actions", "% of turns (seen -, unseen --)",
+     [("seen_admissible", "-"), ("unseen_admissible", "--")], 100),
 )
 
 
 def plot_turn_curves(curves: dict, baselines: dict, path: Path) -> Path:
     """curves: label -> metric -> [(x, y, final)] (the final validate drawn as a star); baselines: label ->
     metric -> value (horizontal lines)."""
-    fig, axes = plt.subplots(1, len(PANEL_SPECS), figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, len(PANEL_SPECS), figsize=(21, 4.5))
     for i, (label, by_metric) in enumerate(curves.items()):
         for ax, (_, _, lines, scale) in zip(axes, PANEL_SPECS, strict=True):
             for metric, style in lines:
@@ -128,9 +133,10 @@ def plot_turn_curves(curves: dict, baselines: dict, path: Path) -> Path:
     for j, (label, values) in enumerate(baselines.items()):
         color = f"C{(len(curves) + j) % 10}"
         for ax, (_, _, lines, scale) in zip(axes, PANEL_SPECS, strict=True):
-            for metric, _ in lines:
+            for metric, style in lines:  # seen dotted, unseen dash-dotted
                 if values.get(metric) is not None:
-                    ax.axhline(scale * values[metric], ls=":", lw=1.2, color=color, label=label)
+                    ax.axhline(scale * values[metric], ls=":" if style == "-" else "-.", lw=1.2, color=color,
+                               label=label if style == "-" else None)
     for ax, (title, ylabel, _, scale) in zip(axes, PANEL_SPECS, strict=True):
         ax.set_title(title)
         ax.set_xlabel("student rollout turns (cumulative)")

@@ -7,7 +7,8 @@
 - `gate_vs_epoch.png`: the turn gate's SKIP/WEAK/STRONG rates and the mean teacher confidence per epoch.
 - `episode_<cell>_seed<S>_epoch<N>.png`: one training episode turn by turn (teacher confidence coloured
   by the gate's verdict, with the action and environment feedback of each turn), to see what SAGE skips.
-- `curves_vs_turns.png`: success and reverse KL against cumulative student rollout turns (`sage.curves`).
+- `curves_vs_turns.png`: success, reverse KL and admissible rate against cumulative student rollout turns
+  (`sage.curves`).
 
 PNGs carry no version tag or timestamp: the same inputs give the same bytes (committed plots re-render).
 """

@@ -276,6 +276,7 @@ def test_curve_points_are_computed_on_the_games_played_during_fit(tmp_path):
     curve = cell_curve(root, "opd", "student_start")
     assert curve["seen"] == [(0.0, 0.0, False), (30.0, 0.5, False), (30.0, 1.0, True)]  # games a, b only
     assert curve["seen_kl"] == [(0.0, 1.0, False), (30.0, 0.25, False), (30.0, 0.5, True)]
+    assert curve["seen_admissible"] == [(0.0, 0.5, False), (30.0, 0.5, True)]  # val_history here has no rate
     assert final_means(root, "student_start")["seen"] == 0.25  # without games: the whole panel, as the table
     (run / "val_games.jsonl").unlink()  # no per-game records of the fit: the curve keeps the whole panels
     assert cell_curve(root, "opd", "student_start")["seen"] == [(0.0, 0.25, False), (30.0, 0.5, False),
