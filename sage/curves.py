@@ -20,8 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sage.eval_games import read as read_games
-from sage.eval_games import same_games, summarize
+from sage.eval_games import game_records, same_games, summarize
 from sage.plots import PANELS, plt, save_png, shared_legend
 from sage.results import (
     cumulative_turns,
@@ -47,8 +46,7 @@ FINAL = 1_000_000  # the sort key of the final validate: after every epoch
 def curve_games(d: Path) -> list[dict] | None:
     """The per-game records of a run's validations during fit (their (split, game id) pairs are the games of
     its curve), or None when it kept none."""
-    records = [r for p in sorted(d.glob("val_games*.jsonl")) for r in read_games(p)]
-    return records or None
+    return game_records(sorted(d.glob("val_games*.jsonl"))) or None
 
 
 def final_payload(d: Path, games: list[dict] | None) -> dict | None:
@@ -56,7 +54,7 @@ def final_payload(d: Path, games: list[dict] | None) -> dict | None:
     `eval_results.json` (the whole panels); None when it has not finished."""
     if not (d / "eval_results.json").is_file():
         return None
-    records = [r for p in sorted(d.glob("eval_games*.jsonl")) for r in read_games(p)]
+    records = game_records(sorted(d.glob("eval_games*.jsonl")))
     if games and records:
         kept = same_games(records, games)
         if kept:

@@ -52,6 +52,15 @@ def read(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+RECORD_KEYS = frozenset({"split", "game_id", "task_type", "won", "turns", "admissible", "parsed"})
+
+
+def game_records(paths) -> list[dict]:
+    """The per-game records of these files, in order; lines without a record's fields (an older or a foreign
+    file) are left out."""
+    return [r for p in paths for r in read(p) if r.keys() >= RECORD_KEYS]
+
+
 def same_games(records: list[dict], other: list[dict]) -> list[dict]:
     """The records of the games (split, game id) that `other` also has."""
     keep = {(r["split"], r["game_id"]) for r in other}

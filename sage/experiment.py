@@ -1,5 +1,6 @@
 """`sage experiment`: run a method x ablation x seed matrix of `sage fit` / `sage validate` subprocesses,
-then aggregate the results (`sage.results`) and draw the plots (`sage.plots`).
+then aggregate the results (`sage.results`; paired differences to the baseline on the same games:
+`sage.paired`) and draw the plots (`sage.plots`).
 
     sage experiment --matrix configs/experiments/cpu_small.yaml [--dry-run] [--only CELL ...]
                     [--seeds S ...] [--output DIR] [--aggregate-only] [--commit]
@@ -192,6 +193,7 @@ def publish(matrix: Matrix, cell: Cell, seed: int, commit: bool) -> None:
 def finish(matrix: Matrix, cells: list[Cell], quiet: bool = False) -> list[Path]:
     """Tables and plots over the matrix's cells (all of them, not only those run now), from and into the
     results folder when the matrix has one, else its output; returns the files written."""
+    from sage.paired import write_paired
     from sage.plots import make_plots
     from sage.results import write_results
 
@@ -199,13 +201,16 @@ def finish(matrix: Matrix, cells: list[Cell], quiet: bool = False) -> list[Path]
     names = [c.name for c in cells]
     labels = {c.name: c.label or c.name for c in cells}
     write_results(root, names, labels, baseline=matrix.baseline, title=f"Results: {matrix.name}")
+    paired = write_paired(root, names, labels, matrix.baseline)
     fitted = [c.name for c in cells if c.fit]
     pngs = make_plots(root, names, labels, fitted=fitted, start_cell=matrix.start_cell)
+    tables = [root / "results.md", root / "results.csv", root / "epochs.csv", *([paired] if paired else [])]
     if not quiet:
-        print(f"wrote {root / 'results.md'}, results.csv, epochs.csv and {len(pngs)} plots:", flush=True)
+        print(f"wrote {', '.join(str(t) if i == 0 else t.name for i, t in enumerate(tables))} and {len(pngs)} plots:",
+              flush=True)
         for p in pngs:
             print(f"  {p}", flush=True)
-    return [root / "results.md", root / "results.csv", root / "epochs.csv", *pngs]
+    return [*tables, *pngs]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
