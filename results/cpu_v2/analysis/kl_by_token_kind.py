@@ -24,8 +24,9 @@ from sage.specs import ModelSpec
 HEAD, TAIL = 3, 4  # '<' 'action' '>' ... '</' 'action' '>' '<|im_end|>' (SmolLM2's tokenizer)
 
 
-def per_token_kl(student, teacher, ids: list[int], positions: list[int]) -> torch.Tensor:
-    """KL(student || teacher) of the next-token distributions predicting the tokens at ``positions``."""
+def per_token_kl(student, teacher, ids: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(student || teacher) of the next-token distributions predicting the tokens at ``positions``, and the
+    teacher's top probability there (SAGE-OPD's `max_prob` confidence before its floor)."""
     x = torch.tensor([ids])
     at = torch.tensor(positions) - 1
     with torch.no_grad():
@@ -33,7 +34,7 @@ def per_token_kl(student, teacher, ids: list[int], positions: list[int]) -> torc
         ht = teacher.model(x).last_hidden_state[0, at]
         ls = torch.log_softmax(student.lm_head(hs).float(), -1)
         lt = torch.log_softmax(teacher.lm_head(ht).float(), -1)
-    return (ls.exp() * (ls - lt)).sum(-1)
+    return (ls.exp() * (ls - lt)).sum(-1), lt.exp().max(-1).values
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # lm_head: tied to the embeddings
     teacher = load_model(ModelSpec(args.teacher), trainable=False).eval()
     episodes = torch.load(run / "epoch_data" / f"epoch_{args.epoch:03d}.pt", weights_only=False)
-    sums = {"format": [0.0, 0], "command": [0.0, 0], "malformed answers": [0.0, 0]}
+    sums = {"format": [0.0, 0, 0.0], "command": [0.0, 0, 0.0], "malformed answers": [0.0, 0, 0.0]}
     t0 = time.perf_counter()
     for ep in episodes:
         positions, kinds = [], []
@@ -62,15 +63,17 @@ def main() -> None:
             for k in range(n):
                 positions.append(t.offset + k)
                 kinds.append("malformed answers" if not good else "format" if k < HEAD or k >= n - TAIL else "command")
-        kl = per_token_kl(student, teacher, ep.sequence_ids, positions)
-        for kind, v in zip(kinds, kl.tolist(), strict=True):
+        kl, conf = per_token_kl(student, teacher, ep.sequence_ids, positions)
+        for kind, v, c in zip(kinds, kl.tolist(), conf.tolist(), strict=True):
             sums[kind][0] += v
             sums[kind][1] += 1
+            sums[kind][2] += c
     total = sum(s[0] for s in sums.values()), sum(s[1] for s in sums.values())
     out = {"run_dir": args.run_dir, "epoch": args.epoch, "seconds": round(time.perf_counter() - t0, 1),
            "all": {"tokens": total[1], "kl_per_token": total[0] / total[1], "kl_share": 1.0}}
-    for kind, (s, n) in sums.items():
-        out[kind] = {"tokens": n, "kl_per_token": s / n if n else None, "kl_share": s / total[0]}
+    for kind, (s, n, c) in sums.items():
+        out[kind] = {"tokens": n, "kl_per_token": s / n if n else None, "kl_share": s / total[0],
+                     "teacher_max_prob": c / n if n else None}
     print(json.dumps(out, indent=1))
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
