@@ -89,7 +89,8 @@ def cell_curve(root, cell: str, start_cell: str | None = None) -> dict[str, list
     averaged) is prepended at x=0."""
     dirs = list(seed_dirs(root, cell).values())
     per_seed = [seed_points(d) for d in dirs]
-    starts = [final_means(root, start_cell, curve_games(d)) for d in dirs if seed_points(d)] if start_cell else []
+    starts = [final_means(root, start_cell, curve_games(d)) for d, pts in zip(dirs, per_seed, strict=True)
+              if pts] if start_cell else []
     keys = sorted({k for pts in per_seed for k in pts})
     curves = {}
     for metric, (section, split, key) in METRICS.items():

@@ -51,6 +51,7 @@ from sage.specs import (
     TeacherPoolSpec,
     check_choice,
     check_range,
+    check_teacher_pool_source,
 )
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,7 @@ class SageDataModule(L.LightningDataModule):
             ("max_tokens_per_micro_batch", max_tokens_per_micro_batch, 1, False), ("seed", seed, 0, False),
         ):
             check_range(f"data.{key}", value, low, or_null=optional)
-        if teacher_pool is not None and source != "teacher":
-            raise ValueError(f"data.teacher_pool is set but data.source={source!r}: the pool serves source=teacher only")
+        check_teacher_pool_source(source, teacher_pool)
         self.data_root = data_root
         self.train_split = canonical_split(train_split)
         self.train_games = train_games
@@ -205,6 +205,7 @@ class SageDataModule(L.LightningDataModule):
         self._partial_file: Path | None = None  # a rollout stopped by SIGTERM, kept for the resume
         self._resume: dict | None = None
         self._round_stats: dict[str, float] = {}  # source=dagger: the latest round's data statistics
+        self._teacher_pool = None  # teacher_pool: the pool, loaded (or built) at the first epoch that needs it
 
     def connect(self, student, teacher, tokenizer, annotator: Annotator, normalize: str) -> None:
         """What the data side needs from the LightningModule, given once by it: the policy to roll out, the
@@ -288,10 +289,12 @@ class SageDataModule(L.LightningDataModule):
     def _from_teacher_pool(self, epoch: int) -> list[Episode]:
         from sage import teacher_pool
 
-        pool = teacher_pool.load_or_build(
-            self.teacher_pool, teacher=self.teacher, tokenizer=self.tokenizer, env_pool=self.pool, prompt=self.prompt,
-            rollout=self.rollout_spec, max_turns=self.max_turns, split=self.train_split, data_root=self.data_root,
-            won_only=self.teacher_won_only, stop=self._stop_at_turn)
+        if self._teacher_pool is None:  # the teacher is frozen: one load (and one digest of it) per run
+            self._teacher_pool = teacher_pool.load_or_build(
+                self.teacher_pool, teacher=self.teacher, tokenizer=self.tokenizer, env_pool=self.pool,
+                prompt=self.prompt, rollout=self.rollout_spec, max_turns=self.max_turns, split=self.train_split,
+                data_root=self.data_root, won_only=self.teacher_won_only, stop=self._stop_at_turn)
+        pool = self._teacher_pool
         self._round_stats = {"teacher_pool_episodes": float(len(pool.episodes)),
                              "teacher_pool_win_rate": pool.win_rate}
         rank, size = world()

@@ -135,6 +135,11 @@ def _get(cfg, dotted: str, default=None):
     return default if node is None else node
 
 
+def _fields(node) -> dict:
+    """A parsed section (a jsonargparse Namespace, an object or a dict) as a plain dict of its fields."""
+    return dict(node.as_dict() if hasattr(node, "as_dict") else vars(node) if not isinstance(node, dict) else node)
+
+
 def _int_or_fraction(key: str, value, what: str) -> None:
     """Lightning's limit_*_batches style: an int >= 0 (batches) or a float in [0, 1] (a fraction)."""
     if value is None:
@@ -249,7 +254,7 @@ def check_model_specs(model) -> None:
         spec = _get(model, role)
         if spec is None:
             continue
-        fields = dict(spec.as_dict() if hasattr(spec, "as_dict") else vars(spec) if not isinstance(spec, dict) else spec)
+        fields = _fields(spec)
         try:
             if isinstance(fields.get("lora"), dict):
                 fields["lora"] = LoraSpec(**fields["lora"])
@@ -276,18 +281,17 @@ def check_data_source(cfg) -> None:
     """data.teacher_pool through its own checks (`TeacherPoolSpec`) now, then what crosses keys:
     data.source=teacher needs a teacher; the pool serves source=teacher only, from a file this run can
     write (it builds the pool when the file does not exist yet)."""
-    from sage.specs import TeacherPoolSpec
+    from sage.specs import TeacherPoolSpec, check_teacher_pool_source
 
     source, pool = _get(cfg, "data.source"), _get(cfg, "data.teacher_pool")
     if pool is not None:
-        fields = dict(pool.as_dict() if hasattr(pool, "as_dict") else vars(pool) if not isinstance(pool, dict) else pool)
+        fields = _fields(pool)
         TeacherPoolSpec(**fields)
     if source == "teacher" and _get(cfg, "model.teacher") is None:
         raise ConfigError("data.source=teacher needs model.teacher (the model whose episodes are trained on)")
     if pool is None:
         return
-    if source != "teacher":
-        raise ConfigError(f"data.teacher_pool is set but data.source={source!r}: the pool serves source=teacher only")
+    check_teacher_pool_source(source, pool)
     file = str(fields["file"])
     try:
         check_writable_dir("its folder", os.path.dirname(os.path.abspath(os.path.expanduser(file))))

@@ -267,6 +267,12 @@ class TeacherPoolSpec:
             raise SpecError(f"data.teacher_pool.file={self.file!r} must name the file that keeps the pool")
 
 
+def check_teacher_pool_source(source: str, pool) -> None:
+    """data.teacher_pool only with data.source=teacher (checked at parse time and by the DataModule)."""
+    if pool is not None and source != "teacher":
+        raise SpecError(f"data.teacher_pool is set but data.source={source!r}: the pool serves source=teacher only")
+
+
 @dataclass
 class DaggerSpec:
     """Teacher data for ``data.source: dagger`` (results/teacher/README.md): epoch r is round r. Each round plays
