@@ -201,7 +201,7 @@ def finish(matrix: Matrix, cells: list[Cell], quiet: bool = False) -> list[Path]
     names = [c.name for c in cells]
     labels = {c.name: c.label or c.name for c in cells}
     write_results(root, names, labels, baseline=matrix.baseline, title=f"Results: {matrix.name}")
-    paired = write_paired(root, names, labels, matrix.baseline)
+    paired = write_paired(root, names, labels, matrix.baseline, matrix.contrasts)
     fitted = [c.name for c in cells if c.fit]
     pngs = make_plots(root, names, labels, fitted=fitted, start_cell=matrix.start_cell)
     tables = [root / "results.md", root / "results.csv", root / "epochs.csv", *([paired] if paired else [])]
@@ -218,7 +218,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="sage experiment",
         description=__doc__.split("\n\n")[0],
         epilog="Matrix keys (sage.matrix): cells, name, output, seeds, common_args, validate_args (final "
-        "validate only), baseline, start_cell (learning curves' x=0), results (a folder for the committed "
+        "validate only), baseline, contrasts (cell -> cells paired with it in paired.md), start_cell (learning "
+        "curves' x=0), results (a folder for the committed "
         "copies of finished runs; a run found there is done even when runs/ is gone).",
     )
     p.add_argument("--matrix", required=True, help="matrix YAML, e.g. configs/experiments/cpu_small.yaml")

@@ -8,6 +8,8 @@ admissible turns / turns, repeated turns / turns, summed KL / scored tokens) ove
 played, pooled over each cell's finished seeds, and the interval comes from resampling those games with
 replacement (the same resample for both cells: paired). An interval that holds 0 means the panel cannot
 tell the two apart at that figure; it does not add the seed-to-seed spread, which the main table shows.
+Besides every cell minus the baseline, the matrix's `contrasts` pair chosen cells the same way (e.g. the
+full method minus each of its ablations: a positive admissible difference says the part helps there).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ FIGURES = {
     "admissible": (100, 1),
     "repeat": (100, 1),
     "reverse_kl": (1, 3),
+    "reverse_kl_new_turns": (1, 3),  # only the turns that do not repeat the previous action
 }
 SPLITS = ("seen", "unseen")
 RESAMPLES = 2000
@@ -39,6 +42,10 @@ def _sums(record: dict) -> dict[str, tuple[float, float]]:
            "repeat": (float(sum(record.get("repeat") or [])), float(turns) if record.get("repeat") else 0.0)}
     if record.get("kl") is not None:
         out["reverse_kl"] = (float(sum(record["kl"])), float(sum(record["kl_tokens"])))
+        if record.get("repeat"):
+            new = [(kl, n) for kl, n, rep in zip(record["kl"], record["kl_tokens"], record["repeat"], strict=True)
+                   if not rep]
+            out["reverse_kl_new_turns"] = (float(sum(k for k, _ in new)), float(sum(n for _, n in new)))
     return out
 
 
@@ -76,30 +83,46 @@ def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[floa
     return estimate, float(low), float(high)
 
 
-def paired_rows(output: str | Path, cells: list[str], baseline: str) -> list[dict]:
-    """One row per cell (not the baseline) with finished seeds: each split's figures minus the baseline's on
-    their common games, with the bootstrap interval."""
-    base, base_seeds = game_sums(output, baseline)
+def paired_row(cell: dict, cell_seeds: int, other: dict, other_seeds: int) -> dict | None:
+    """Each split's figures of one cell minus another's on their common games, with the bootstrap interval;
+    None when they share no game or the other has no finished seed. Inputs: `game_sums` of each."""
+    common = sorted(set(cell) & set(other))
+    if not common or not other_seeds:
+        return None
+    row = {"seeds": cell_seeds, "baseline_seeds": other_seeds}
+    for split in SPLITS:
+        games = [g for g in common if g[0] == split]
+        row[f"{split}/games"] = len(games)
+        for fig in FIGURES:
+            pairs = [(cell[g][fig], other[g][fig]) for g in games if fig in cell[g] and fig in other[g]]
+            if not pairs or not sum(p[0][1] for p in pairs) or not sum(p[1][1] for p in pairs):
+                continue
+            a = np.array([p[0] for p in pairs], dtype=np.float64)
+            b = np.array([p[1] for p in pairs], dtype=np.float64)
+            row[f"{split}/{fig}"] = paired_difference(a, b)
+    return row
+
+
+def paired_rows(output: str | Path, cells: list[str], baseline: str,
+                contrasts: dict[str, list[str]] | None = None) -> list[dict]:
+    """One row per cell (not the baseline) with finished seeds: its figures minus the baseline's (``vs`` =
+    the baseline, ``contrast`` False); then, for each ``contrasts`` entry cell -> others, the cell minus each
+    other (``vs`` = the other, ``contrast`` True), when both have finished seeds."""
+    sums: dict[str, tuple[dict, int]] = {}
+
+    def of(name: str) -> tuple[dict, int]:
+        if name not in sums:
+            sums[name] = game_sums(output, name)
+        return sums[name]
+
+    pairs = [(c, baseline, False) for c in cells if c != baseline]
+    pairs += [(c, o, True) for c, others in (contrasts or {}).items() for o in others]
     rows = []
-    for cell in cells:
-        if cell == baseline:
-            continue
-        mine, seeds = game_sums(output, cell)
-        common = sorted(set(mine) & set(base))
-        if not common or not base_seeds:
-            continue
-        row = {"cell": cell, "seeds": seeds, "baseline_seeds": base_seeds}
-        for split in SPLITS:
-            games = [g for g in common if g[0] == split]
-            row[f"{split}/games"] = len(games)
-            for fig in FIGURES:
-                pairs = [(mine[g][fig], base[g][fig]) for g in games if fig in mine[g] and fig in base[g]]
-                if not pairs or not sum(p[0][1] for p in pairs) or not sum(p[1][1] for p in pairs):
-                    continue
-                a = np.array([p[0] for p in pairs], dtype=np.float64)
-                b = np.array([p[1] for p in pairs], dtype=np.float64)
-                row[f"{split}/{fig}"] = paired_difference(a, b)
-        rows.append(row)
+    for cell, vs, contrast in pairs:
+        (mine, seeds), (theirs, their_seeds) = of(cell), of(vs)
+        row = paired_row(mine, seeds, theirs, their_seeds) if seeds else None
+        if row is not None:
+            rows.append({"cell": cell, "vs": vs, "contrast": contrast, **row})
     return rows
 
 
@@ -110,31 +133,46 @@ def _cell(value, scale: float, digits: int) -> str:
     return f"{est:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
-def to_markdown(rows: list[dict], labels: dict[str, str], baseline: str) -> str:
-    label = labels.get(baseline, baseline)
-    lines = [
-        f"# Paired differences vs {label}",
-        "",
-        f"Each cell's final evaluation minus {label}'s on the same games: success, admissible and repeat in",
-        "percentage points, reverse KL in nats/token; pooled over each cell's finished seeds, with a 95 % interval",
-        f"from {RESAMPLES} paired resamples of the games (`sage/paired.py`). An interval holding 0: the panel",
-        "cannot tell the two apart there. Seed-to-seed spread is not in it (see results.md).",
-        "",
-    ]
+def _tables(rows: list[dict], name_of) -> list[str]:
+    """Per split, one row per pair: the row's name (``name_of(row)``), seeds, games and each figure."""
+    lines = []
     for split in SPLITS:
-        lines += [f"## {split}", "", "| method | seeds (vs) | games | " + " | ".join(FIGURES) + " |",
+        lines += [f"### {split}", "", "| method | seeds (vs) | games | " + " | ".join(FIGURES) + " |",
                   "|---|---|---|" + "---|" * len(FIGURES)]
         for r in rows:
             figs = " | ".join(_cell(r.get(f"{split}/{f}"), *FIGURES[f]) for f in FIGURES)
-            lines.append(f"| {labels.get(r['cell'], r['cell'])} | {r['seeds']} ({r['baseline_seeds']}) | "
-                         f"{r[f'{split}/games']} | {figs} |")
+            lines.append(f"| {name_of(r)} | {r['seeds']} ({r['baseline_seeds']}) | {r[f'{split}/games']} | {figs} |")
         lines.append("")
+    return lines
+
+
+def to_markdown(rows: list[dict], labels: dict[str, str], baseline: str) -> str:
+    label = labels.get(baseline, baseline)
+    lines = [
+        "# Paired differences on the same games",
+        "",
+        "One cell's final evaluation minus another's on the games both played: success, admissible and repeat in",
+        "percentage points, reverse KL in nats/token over all turns and over the new turns only (those that do",
+        "not repeat the previous action: a looping transcript makes both models' next tokens easy to predict);",
+        f"pooled over each cell's finished seeds, with a 95 % interval from {RESAMPLES} paired resamples of the",
+        "games (`sage/paired.py`). An interval holding 0: the panel cannot tell the two apart there. Seed-to-seed",
+        "spread is not in it (see results.md).",
+        "",
+    ]
+    if any(not r["contrast"] for r in rows):
+        lines += [f"## Each cell minus {label}", "",
+                  *_tables([r for r in rows if not r["contrast"]], lambda r: labels.get(r["cell"], r["cell"]))]
+    for cell in dict.fromkeys(r["cell"] for r in rows if r["contrast"]):
+        mine = [r for r in rows if r["contrast"] and r["cell"] == cell]
+        lines += [f"## {labels.get(cell, cell)} minus each of these", "",
+                  *_tables(mine, lambda r: labels.get(r["vs"], r["vs"]))]
     return "\n".join(lines)
 
 
-def write_paired(output: str | Path, cells: list[str], labels: dict[str, str], baseline: str) -> Path | None:
-    """`paired.md` in the output dir when any cell pairs with the baseline; None otherwise."""
-    rows = paired_rows(output, cells, baseline)
+def write_paired(output: str | Path, cells: list[str], labels: dict[str, str], baseline: str,
+                 contrasts: dict[str, list[str]] | None = None) -> Path | None:
+    """`paired.md` in the output dir when any pair has finished seeds; None otherwise."""
+    rows = paired_rows(output, cells, baseline, contrasts)
     if not rows:
         return None
     path = Path(output) / "paired.md"

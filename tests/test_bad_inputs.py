@@ -246,14 +246,29 @@ def test_checkpoint_path_that_is_not_a_checkpoint(tmp_path, monkeypatch, capsys)
                                          "sage/torch.save (not a zip archive)")
 
 
-@pytest.mark.parametrize("matrix, why", [("missing", "no such file"), ("not_yaml", "is not valid YAML (line 2)"),
-                                         ("no_cells", "is not a matrix: it needs a `cells:` mapping")])
-def test_experiment_matrix_missing_or_unreadable(tmp_path, monkeypatch, capsys, matrix, why):
+BAD_MATRICES = {
+    "not_yaml": "cells: [\n",
+    "no_cells": "name: x\nseeds: [0]\n",
+    "typo_key": "baselines: opd\ncells: {opd: {configs: [configs/opd.yaml]}}\n",
+    "typo_cell_key": "cells: {opd: {config: [configs/opd.yaml]}}\n",
+    "bad_baseline": "baseline: opdd\ncells: {opd: {configs: [configs/opd.yaml]}}\n",
+    "bad_contrast": "contrasts: {opd: [sage]}\ncells: {opd: {configs: [configs/opd.yaml]}}\n",
+    "self_contrast": "contrasts: {opd: [opd]}\ncells: {opd: {configs: [configs/opd.yaml]}}\n",
+}
+
+
+@pytest.mark.parametrize("matrix, why", [
+    ("missing", "no such file"), ("not_yaml", "is not valid YAML (line 2)"),
+    ("no_cells", "is not a matrix: it needs a `cells:` mapping"),
+    ("typo_key", "unknown key 'baselines'; allowed: name, output"),
+    ("typo_cell_key", "cell 'opd' has unknown key 'config'; allowed: configs, args"),
+    ("bad_baseline", "baseline='opdd' is not one of its cells ['opd']"),
+    ("bad_contrast", "contrasts names 'sage', not one of its cells ['opd']"),
+    ("self_contrast", "contrasts pairs 'opd' with itself")])
+def test_experiment_matrix_missing_unreadable_or_with_a_bad_key(tmp_path, monkeypatch, capsys, matrix, why):
     path = tmp_path / f"{matrix}.yaml"
-    if matrix == "not_yaml":
-        path.write_text("cells: [\n")
-    elif matrix == "no_cells":
-        path.write_text("name: x\nseeds: [0]\n")
+    if matrix in BAD_MATRICES:
+        path.write_text(BAD_MATRICES[matrix])
     code, err = run_sage(["experiment", "--matrix", str(path)], monkeypatch, capsys)
     assert code == 2 and err.startswith(f"sage: error: --matrix={str(path)!r}") and why in err
     assert len(err.strip().splitlines()) == 1

@@ -48,6 +48,16 @@ def test_the_estimate_is_the_ratio_difference_on_common_games_pooled_over_seeds(
     assert rows["same"]["seen/admissible"] == (0.0, 0.0, 0.0) and rows["same"]["unseen/games"] == 1
 
 
+def test_the_new_turn_kl_leaves_out_the_turns_that_repeat_the_previous_action(tmp_path):
+    looping = {**record("seen", "a", False, [1, 0, 0, 0]), "repeat": [0, 1, 1, 0],
+               "kl": [0.5, 0.0, 0.25, 1.0], "kl_tokens": [2, 4, 4, 3]}
+    write_seed(tmp_path, "opd", 0, [record("seen", "a", False, [1, 0, 0, 0], 0.5)])  # 0.5 per turn, 2 tokens each
+    write_seed(tmp_path, "sage", 0, [looping])
+    (row,) = paired_rows(tmp_path, ["opd", "sage"], "opd")
+    assert row["seen/reverse_kl"][0] == pytest.approx(1.75 / 13 - 2.0 / 8)
+    assert row["seen/reverse_kl_new_turns"][0] == pytest.approx(1.5 / 5 - 2.0 / 8)
+
+
 def test_the_interval_covers_the_resampled_spread():
     """Games whose difference is always +1 give [1, 1]; a two-valued difference gives an interval strictly
     inside its extremes, and the same seed gives the same interval."""
@@ -67,5 +77,25 @@ def test_paired_md_re_renders_to_the_same_bytes(tmp_path):
     first = path.read_bytes()
     assert write_paired(tmp_path, ["opd", "sage"], {"opd": "OPD", "sage": "SAGE-OPD"}, "opd").read_bytes() == first
     text = first.decode()
-    assert "# Paired differences vs OPD" in text and "| SAGE-OPD | 1 (1) | 4 |" in text
+    assert "## Each cell minus OPD" in text and "| SAGE-OPD | 1 (1) | 4 |" in text
     assert write_paired(tmp_path, ["opd"], {}, "opd") is None  # nothing to pair
+
+
+def test_contrasts_pair_a_cell_with_each_other_cell_in_their_own_section(tmp_path):
+    """`contrasts` {sage: [no_gate, no_norm]}: sage minus each, after the baseline rows; a contrast whose
+    other cell has no finished seed is left out; the estimate is the same function's as against the baseline."""
+    write_seed(tmp_path, "opd", 0, [record("seen", g, False, [1, 0, 0], 0.5) for g in "abcd"])
+    write_seed(tmp_path, "sage", 0, [record("seen", g, g == "a", [1, 1, 0], 0.25) for g in "abcd"])
+    write_seed(tmp_path, "no_gate", 0, [record("seen", g, False, [1, 1, 1], 0.75) for g in "abcd"])
+    contrasts = {"sage": ["no_gate", "no_norm"]}
+    rows = paired_rows(tmp_path, ["opd", "sage", "no_gate", "no_norm"], "opd", contrasts)
+    assert [(r["cell"], r["vs"], r["contrast"]) for r in rows] == [
+        ("sage", "opd", False), ("no_gate", "opd", False), ("sage", "no_gate", True)]
+    gate = rows[2]
+    assert gate["seen/admissible"][0] == pytest.approx(2 / 3 - 1) and gate["seen/success"][0] == pytest.approx(0.25)
+    assert gate["seen/reverse_kl"][0] == pytest.approx(0.25 / 2 - 0.75 / 2)
+    labels = {"opd": "OPD", "sage": "SAGE-OPD", "no_gate": "no gate"}
+    text = write_paired(tmp_path, ["opd", "sage", "no_gate"], labels, "opd", contrasts).read_text()
+    head, _, tail = text.partition("## SAGE-OPD minus each of these")
+    assert "| no gate | 1 (1) | 4 |" in head and "| SAGE-OPD | 1 (1) | 4 |" in head  # vs OPD
+    assert "| no gate | 1 (1) | 4 | +25.0 [" in tail and "no_norm" not in tail  # SAGE-OPD minus no gate
