@@ -62,13 +62,15 @@ def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[st
 
 def game_record(split: str, ep) -> dict:
     """One game's record, per turn where a rate needs it, so that `sage.eval_games.summarize` recomputes
-    every figure at any shorter turn limit. ``kl``/``kl_tokens`` are null when no teacher scored the game."""
+    every figure at any shorter turn limit. ``kl``/``kl_tokens`` are null when no teacher scored the game;
+    ``actions`` are the commands the student sent ("" for an unparsed answer), to read what it did."""
     scored = bool(ep.turns) and all(t.eval_kl is not None for t in ep.turns)
     return {
         "split": split, "game_id": ep.game_id, "task_type": ep.task_type, "won": bool(ep.success),
         "turns": len(ep.turns), "admissible": admissible_flags(ep),
         "parsed": [int(bool(t.valid_format)) for t in ep.turns],
         "repeat": repeat_flags(ep),
+        "actions": [t.action for t in ep.turns],
         "kl": [float(t.eval_kl) for t in ep.turns] if scored else None,
         "kl_tokens": [int(t.eval_kl_tokens) for t in ep.turns] if scored else None,
         "error": ep.error,

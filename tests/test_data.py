@@ -42,6 +42,7 @@ def test_episode_stats_count_admissible_and_repeated_actions_as_the_evaluation_d
     assert stats["repeat_rate"] == pytest.approx(3 / 8)  # turn 1, then loop turns 1 and 2; "" never repeats
     record = game_record("seen", make_episode(turns))
     assert record["admissible"] == [1, 1, 0, 1, 0] and record["repeat"] == [0, 1, 0, 0, 0]
+    assert record["actions"] == acts
 
 
 def test_judge_agreement_counts_judged_turns_with_an_offline_label():
