@@ -26,12 +26,14 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from sage import archive, run_resume
+from sage import archive, preemption, run_resume
 from sage.archive import DONE_FILE
 from sage.errors import ArgumentParser, UsageError
 from sage.io import write_atomic
@@ -103,10 +105,35 @@ def newest_checkpoint(d: Path) -> Path | None:
 
 # -- running ------------------------------------------------------------------------------------------
 def _run(cmd: list[str], log: Path) -> int:
-    with open(log, "w") as f:
-        f.write("$ " + shlex.join(cmd) + "\n")
-        f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+    """Run one `sage fit|validate`, its output in ``log``; its exit code. A SIGTERM to the runner is passed
+    on to the child, which stops at its next boundary and saves (`sage.preemption`); the runner waits for
+    it, then stops with `Preempted` (exit 143). Without this the runner's own exit would kill the child
+    before it saved, losing the epoch in progress."""
+    stopping: list[int] = []
+    proc: subprocess.Popen | None = None
+
+    def forward(signum, frame) -> None:
+        stopping.append(signum)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward) if main_thread else None
+    try:
+        with open(log, "w") as f:
+            f.write("$ " + shlex.join(cmd) + "\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+            if stopping:  # the signal came before the child existed
+                proc.send_signal(signal.SIGTERM)
+            rc = proc.wait()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if stopping:
+        raise preemption.Preempted(f"while {shlex.join(cmd[len(sage_command()):][:1])} ran; it exited {rc} "
+                                   f"(log: {log}); the same command resumes the matrix")
+    return rc
 
 
 def _tail(log: Path, n: int = 15) -> str:

@@ -70,14 +70,13 @@ def reset() -> None:
 
 
 def _on_sigterm(signum, frame) -> None:
-    first = not requested()
-    if first:
-        _state["requested_at"] = time.monotonic()
+    if requested():  # a repeat (e.g. the group's signal, then `sage experiment` forwarding its own): in hand
+        return
+    _state["requested_at"] = time.monotonic()
     if not _state["working"]:
         raise Preempted("before the first turn was played")
-    if first:
-        print("sage: SIGTERM: stopping at the next turn or optimizer-step boundary, then saving", file=sys.stderr,
-              flush=True)
+    print("sage: SIGTERM: stopping at the next turn or optimizer-step boundary, then saving", file=sys.stderr,
+          flush=True)
 
 
 def install() -> None:

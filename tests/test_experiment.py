@@ -543,3 +543,45 @@ def test_commit_waits_out_a_held_index_lock(kept, plain_git):
     threading.Timer(1.0, lock.unlink).start()  # released after a second: waited out, committed
     assert archive.commit([Path("a.txt")], "kept", lock_wait=30.0) is None
     assert git("log", "--format=%s").split() == ["kept"] and git("ls-files").split() == ["a.txt"]
+
+
+# -- SIGTERM to the runner -------------------------------------------------------------------------------
+CHILD = r"""
+import signal, sys, time
+marker = sys.argv[1]
+def stop(signum, frame):
+    time.sleep(0.3)  # saving a checkpoint
+    open(marker + ".saved", "w").write(str(signum))
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+open(marker + ".started", "w").write("")
+time.sleep(60)  # never reached in a passing test
+"""
+
+
+def test_a_sigterm_to_the_runner_reaches_the_running_child_and_waits_for_it_to_save(tmp_path, monkeypatch):
+    """`kill -TERM <runner>` (or the whole group's) must let the running fit save: the runner passes the
+    signal on, waits for the child's exit, then stops with `Preempted` (exit 143) and its old handler back."""
+    import signal
+    import threading
+
+    from sage import preemption
+
+    script, marker = tmp_path / "child.py", tmp_path / "m"
+    script.write_text(CHILD)
+    monkeypatch.setattr(experiment, "sage_command", lambda: [sys.executable])
+
+    def term_once_started():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if Path(f"{marker}.started").exists():
+                os.kill(os.getpid(), signal.SIGTERM)  # to this process: the runner's handler is in place
+                return
+            time.sleep(0.02)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=term_once_started, daemon=True).start()
+    with pytest.raises(preemption.Preempted, match="exited 143"):
+        experiment._run([sys.executable, str(script), str(marker)], tmp_path / "child.log")
+    assert Path(f"{marker}.saved").read_text() == str(int(signal.SIGTERM))
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -234,3 +234,23 @@ def test_mid_epoch_checkpoints_and_sigterm_at_an_optimizer_step_end(tmp_path, po
     ckpt = student_weights(tmp_path / "opd" / "v" / "checkpoints" / "last.ckpt")
     assert ckpt and torch.load(tmp_path / "opd" / "v" / "checkpoints" / "last.ckpt", map_location="cpu",
                                weights_only=False)["global_step"] == 1
+
+
+def test_a_repeated_sigterm_is_ignored_while_the_first_is_handled():
+    """The group's SIGTERM and the one `sage experiment` forwards reach a child twice: the first decides
+    (exit at once before any work, else stop at the next boundary); the second must not raise again."""
+    import signal
+
+    from sage import preemption
+
+    preemption.reset()
+    try:
+        with pytest.raises(preemption.Preempted, match="before the first turn"):
+            preemption._on_sigterm(signal.SIGTERM, None)
+        assert preemption._on_sigterm(signal.SIGTERM, None) is None and preemption.requested()
+        preemption.reset()
+        preemption.work_started()
+        assert preemption._on_sigterm(signal.SIGTERM, None) is None and preemption.requested()
+        assert preemption._on_sigterm(signal.SIGTERM, None) is None
+    finally:
+        preemption.reset()
