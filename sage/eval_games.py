@@ -48,6 +48,16 @@ def summarize(records: list[dict], max_turns: int | None = None) -> dict:
     return {"max_turns": max_turns, "success": success, "games": games, "turn_rates": rates}
 
 
+def kl_by_repeat(record: dict) -> dict[str, tuple[float, int]]:
+    """One scored game's reverse KL split by turn kind: {"new": (KL sum, tokens), "repeat": (KL sum, tokens)},
+    "repeat" holding the turns that repeat the previous action (a loop makes both models' next tokens easy)."""
+    out = {"new": (0.0, 0), "repeat": (0.0, 0)}
+    for kl, n, rep in zip(record["kl"], record["kl_tokens"], record["repeat"], strict=True):
+        key = "repeat" if rep else "new"
+        out[key] = (out[key][0] + kl, out[key][1] + n)
+    return out
+
+
 def read(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -7,9 +7,10 @@ the cell's args, on the final `sage validate` only: e.g. `data.val_games: null` 
 while fit's periodic validations use half panels; a cell may add its own), `baseline` (the cell relative
 changes refer to), `contrasts` (cell -> other cells it is compared with game by game in `paired.md`, besides
 the baseline: e.g. the full method minus each of its ablations), `start_cell` (an evaluation-only cell,
-every learning curve's x=0: `sage.curves`) and `results` (a folder relative to the cwd for the committed copies of finished runs: `sage.archive`).
-Args are a list of CLI tokens or a mapping `dotted.key: value`. `anchors` may hold YAML anchors the cells share
-(not read). Any other key, at the top or in a cell, is refused with the allowed ones.
+every learning curve's x=0: `sage.curves`) and `results` (a folder relative to the cwd for the committed
+copies of finished runs: `sage.archive`). Args are a list of CLI tokens or a mapping `dotted.key: value`.
+`anchors` may hold YAML anchors the cells share (not read). Any other key, at the top or in a cell, is
+refused with the allowed ones.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sage.eval_games import game_records
+from sage.eval_games import game_records, kl_by_repeat
 from sage.io import write_atomic
 from sage.results import seed_dirs
 
@@ -43,9 +43,8 @@ def _sums(record: dict) -> dict[str, tuple[float, float]]:
     if record.get("kl") is not None:
         out["reverse_kl"] = (float(sum(record["kl"])), float(sum(record["kl_tokens"])))
         if record.get("repeat"):
-            new = [(kl, n) for kl, n, rep in zip(record["kl"], record["kl_tokens"], record["repeat"], strict=True)
-                   if not rep]
-            out["reverse_kl_new_turns"] = (float(sum(k for k, _ in new)), float(sum(n for _, n in new)))
+            kl, tokens = kl_by_repeat(record)["new"]
+            out["reverse_kl_new_turns"] = (float(kl), float(tokens))
     return out
 
 

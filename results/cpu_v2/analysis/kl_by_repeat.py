@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sage.eval_games import game_records, kl_by_repeat
+
 HERE = Path(__file__).resolve().parent
 RUNS = HERE.parent / "runs"
 
@@ -25,10 +27,9 @@ def split_kl(records: list[dict]) -> dict:
     """Token-mean KL over repeated turns, new turns and all turns of the records, with token counts."""
     acc = {"repeat": [0.0, 0], "new": [0.0, 0]}
     for r in records:
-        for kl, n, rep in zip(r["kl"], r["kl_tokens"], r["repeat"], strict=True):
-            a = acc["repeat" if rep else "new"]
-            a[0] += kl
-            a[1] += n
+        for key, (kl, n) in kl_by_repeat(r).items():
+            acc[key][0] += kl
+            acc[key][1] += n
     total = acc["repeat"][1] + acc["new"][1]
     out = {f"kl_{k}": round(s / n, 4) if n else None for k, (s, n) in acc.items()}
     out["kl_all"] = round((acc["repeat"][0] + acc["new"][0]) / total, 4) if total else None
@@ -44,8 +45,7 @@ def main() -> None:
     table: dict[str, dict] = {}
     for cell in sorted(p.name for p in RUNS.iterdir() if p.is_dir()):
         files = sorted((RUNS / cell).glob("seed_*/eval_games.jsonl"))
-        by_seed = {f.parent.name: [json.loads(line) for line in f.read_text().splitlines() if line.strip()] for f in files}
-        by_seed = {s: [r for r in rs if r.get("kl") is not None] for s, rs in by_seed.items()}
+        by_seed = {f.parent.name: [r for r in game_records([f]) if r.get("kl") is not None] for f in files}
         by_seed = {s: rs for s, rs in by_seed.items() if rs}
         if not by_seed:
             continue
