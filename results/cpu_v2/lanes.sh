@@ -3,8 +3,9 @@
 #   ALFWORLD_DATA=~/alfw bash results/cpu_v2/lanes.sh A > lane_A.log 2>&1 &
 #   ALFWORLD_DATA=~/alfw bash results/cpu_v2/lanes.sh B > lane_B.log 2>&1 &
 # Rerunning a lane skips finished runs and resumes cut ones. A failed run does not stop its lane (the runner
-# says which failed; rerun to retry). SFT on the teacher's episodes comes last in both lanes: its first run
-# builds the teacher pool, and a run of the other lane that needs it meanwhile waits for it.
+# says which failed; rerun to retry). SFT on the teacher's episodes comes last, all three seeds in lane B
+# (seed 1 moved there from A on 2026-12-01, to even out the lanes' remaining time): its first run builds
+# the teacher pool the seeds draw from (a run started meanwhile by another process waits for it).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
@@ -15,13 +16,12 @@ case "${1:-}" in
   A)
     "${M[@]}" --seeds 0 --only "${T[@]}" opd_long
     "${M[@]}" --seeds 2 --only opd sage_opd gkd_jsd
-    "${M[@]}" --seeds 1 --only sft_teacher
     ;;
   B)
     "${M[@]}" --only student_init teacher
     "${M[@]}" --seeds 1 --only "${T[@]}"
     "${M[@]}" --seeds 2 --only sft_expert
-    "${M[@]}" --seeds 0 2 --only sft_teacher
+    "${M[@]}" --seeds 0 1 2 --only sft_teacher
     ;;
   *)
     echo "usage: bash results/cpu_v2/lanes.sh A|B" >&2
