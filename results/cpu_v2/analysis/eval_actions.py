@@ -162,7 +162,9 @@ def main() -> None:
             turns = []
             for r in (r for r in records if r["split"] == split):
                 played = replay(env, games[split][r["game_id"]], r["actions"])
-                entry["replay_mismatches"] += sum(t[1] != bool(a) for t, a in zip(played, r["admissible"]))
+                flags = r["admissible"]  # a replay that ends early or late counts its extra turns as mismatches
+                entry["replay_mismatches"] += abs(len(played) - len(flags)) + sum(
+                    t[1] != bool(a) for t, a in zip(played, flags, strict=False))
                 turns += played
             entry[split] = counts(turns)
         runs[name] = entry
