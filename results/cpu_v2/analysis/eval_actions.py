@@ -70,12 +70,17 @@ def named(thing: str, shown: str) -> bool:
     return re.search(rf"(?<![\w]){re.escape(thing)}(?![\w])", shown) is not None
 
 
+def go_target(action: str) -> str | None:
+    """The place a "go to" action names, else None."""
+    return action[len("go to "):] if action.startswith("go to ") else None
+
+
 def failure_kind(action: str, here: str | None, shown: str) -> str:
     """Why an inadmissible action failed (KINDS), given the agent's place and every observation so far."""
     if not action:
         return "unparsed"
-    if action.startswith("go to "):
-        target = action[len("go to "):]
+    target = go_target(action)
+    if target is not None:
         return "go_here" if target == here else "go_absent" if not named(target, shown) else "other"
     obj = handled_object(action)
     if obj is not None:
@@ -93,8 +98,8 @@ def replay(env: AlfworldEnv, game, actions: list[str]) -> list[tuple[str, bool, 
         turns.append((verb_of(action), ok, None if ok else failure_kind(action, here, shown)))
         if res.done:
             break
-        if ok and action.startswith("go to "):
-            here = action[len("go to "):]
+        if ok and go_target(action) is not None:
+            here = go_target(action)
         res = env.step(action)  # "" as the rollout sent it: "Nothing happens."
         shown += "\n" + res.observation.lower()
     return turns
@@ -149,6 +154,7 @@ def main() -> None:
     env = AlfworldEnv(max_steps=50, expert=False)
     runs: dict[str, dict] = {}
     panels = hashlib.sha256(json.dumps({k: sorted(v) for k, v in games.items()}).encode()).hexdigest()
+    walk_key = f"v{VERSION}:{panels}"  # the walkthrough row depends only on the panels and the rules
     for f in sorted(RUNS.glob("*/seed_*/eval_games.jsonl")):
         records = [r for r in game_records([f]) if "actions" in r]
         if not records:
@@ -169,10 +175,10 @@ def main() -> None:
             entry[split] = counts(turns)
         runs[name] = entry
         print(f"replayed {name}")
-    if old.get("walkthrough", {}).get("digest") == f"v{VERSION}:{panels}":
+    if old.get("walkthrough", {}).get("digest") == walk_key:
         runs["walkthrough"] = old["walkthrough"]
     else:
-        runs["walkthrough"] = {"digest": f"v{VERSION}:{panels}", "replay_mismatches": 0, **{
+        runs["walkthrough"] = {"digest": walk_key, "replay_mismatches": 0, **{
             split: counts([t for g in by_id.values() for t in replay(env, g, walkthrough(g))])
             for split, by_id in games.items()}}
     env.close()
