@@ -68,10 +68,10 @@ def test_killed_worker_only_ends_its_episodes(pool, bundled_games):
     finals, trace = play(pool, [p[1:] for p in plans])
     for i, r in enumerate(finals):
         if i in doomed:
-            assert r.done and not r.won and "died" in r.error and str(victim) in r.error
+            assert r.done and not r.won and r.worker_died and "died" in r.error and str(victim) in r.error
             assert trace[i][0] == r and r.step == 1  # ended at the first step after the kill
         else:
-            assert r.won and r.error is None
+            assert r.won and r.error is None and not r.worker_died
     again = pool.reset(games[:2])  # the dead worker is replaced
     assert all(r.error is None and r.step == 0 for r in again)
     assert victim not in {pool.worker_pid(i) for i in range(2)}
@@ -102,3 +102,27 @@ def test_in_process_pool_and_recycling(bundled_games):
         first = small.worker_pid(0)
         small.reset(games[:1])  # a second game would pass recycle_after: a fresh worker plays it
         assert small.worker_pid(0) != first
+
+
+def test_a_worker_that_dies_while_loading_is_replaced_and_asked_again(pool, bundled_games, monkeypatch):
+    """A signal to the whole process group can land while a worker loads its games: the reset gets one
+    fresh worker for them instead of starting those games dead."""
+    from sage.envs import pool as pool_module
+
+    send, killed = pool_module._Worker.send, []
+
+    def send_then_die(worker, msg):
+        ok = send(worker, msg)
+        if msg[0] == "reset" and not killed:  # dies with the request in its pipe, before answering
+            killed.append(worker.process.pid)
+            worker.process.kill()
+            worker.process.join()
+        return ok
+
+    monkeypatch.setattr(pool_module._Worker, "send", send_then_die)
+    games = bundled_games["train"][:4]
+    starts = pool.reset(games)
+    assert killed and all(r.error is None and not r.done for r in starts)
+    assert killed[0] not in {pool.worker_pid(i) for i in range(4)}
+    finals, _ = play(pool, [walkthrough(g) for g in games])
+    assert all(r.won for r in finals)

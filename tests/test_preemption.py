@@ -54,9 +54,10 @@ def wait_for(proc: subprocess.Popen, text: str, timeout: float = 1200) -> list[s
 
 
 def terminate(proc: subprocess.Popen) -> tuple[int, float, str]:
-    """SIGTERM, then wait: (exit code, seconds from signal to exit, stderr)."""
+    """SIGTERM to the process group, as a shell, `timeout` or a scheduler sends it (the environment workers
+    get it too), then wait: (exit code, seconds from signal to exit, stderr)."""
     t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     return proc.returncode, time.monotonic() - t0, err
 
@@ -104,9 +105,42 @@ def test_a_stopped_rollout_resumes_where_it_stopped(pool, mode):
             assert [t.action for t in a.turns[:2]] == [t.action for t in b.turns[:2]]
 
 
+def test_a_stop_whose_signal_also_killed_the_workers_cuts_no_game(pool):
+    """A scheduler's or a shell's SIGTERM reaches the whole process group, the environment workers too: the
+    turn they died in is not recorded (no game ends as an error) and the resumed rollout is bit for bit
+    the one never stopped."""
+    from sage.envs import PromptBuilder, find_games
+    from sage.rollout.generation import HFGenerator
+    from sage.rollout.loop import RolloutStopped, rollout
+    from sage.specs import RolloutSpec
+    from tests.helpers import tiny_model, tiny_tokenizer
+
+    games, tok, model = find_games("valid_seen", limit=3), tiny_tokenizer(), tiny_model()
+    spec = RolloutSpec(max_new_tokens=12, max_context_tokens=4096)
+    full = rollout(HFGenerator(model, tok, seed=7), pool, games, PromptBuilder(), tok, spec)
+    signalled = []
+
+    def on_turn(turn: int, active: int) -> None:  # after the stop check: the signal lands inside turn 2
+        if turn == 2:
+            signalled.append(pool.worker_pid(0))
+            os.kill(signalled[0], signal.SIGTERM)
+
+    with pytest.raises(RolloutStopped) as stopped:
+        rollout(HFGenerator(model, tok, seed=7), pool, games, PromptBuilder(), tok, spec, on_turn=on_turn,
+                stop=lambda: bool(signalled))
+    partial = stopped.value.partial
+    assert partial.turn == 2 and all(ep.length <= 2 and ep.error is None for ep in partial.episodes)
+    resumed = rollout(HFGenerator(model, tok, seed=0), pool, games, PromptBuilder(), tok, spec, resume=partial)
+    assert signalled[0] not in {pool.worker_pid(i) for i in range(len(games))}
+    for a, b in zip(resumed, full, strict=True):
+        assert [(t.response_ids, t.action, t.feedback) for t in a.turns] == [
+            (t.response_ids, t.action, t.feedback) for t in b.turns]
+        assert a.won == b.won and a.error is None
+
+
 def test_sigterm_during_fit_keeps_the_work_and_resumes_exactly(tmp_path, uninterrupted, delay=1.0):
     proc = subprocess.Popen(sage("fit", *TINY, "--trainer.default_root_dir", str(tmp_path)), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "SAGE_PROGRESS": "0"})
     wait_for(proc, "[train] epoch 0")  # epoch 1's rollout starts now
     time.sleep(delay)
@@ -138,7 +172,8 @@ def test_sigterm_during_fit_keeps_the_work_and_resumes_exactly(tmp_path, uninter
 def test_sigterm_during_validate_stops_promptly(tmp_path):
     args = [*TINY, "--data.val_games", "12", "--data.max_turns", "30", "--trainer.default_root_dir", str(tmp_path)]
     proc = subprocess.Popen(sage("validate", *args), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "SAGE_PROGRESS": "1"})
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "SAGE_PROGRESS": "1"})
     wait_for(proc, "eval valid_seen")  # its progress bar: the first evaluation rollout is playing
     code, seconds, err = terminate(proc)
     print(f"validate: exit {code} {seconds:.1f} s after SIGTERM; {err.strip().splitlines()[-1]}")

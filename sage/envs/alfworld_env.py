@@ -29,7 +29,8 @@ class StepResult:
     done: bool  # won, or step limit reached, or errored
     step: int  # steps taken so far in this episode
     task: str  # goal text ("put a clean mug in coffeemachine.")
-    error: str | None = None  # set when the worker died; then done=True, won=False
+    error: str | None = None  # set when the game or its worker failed; then done=True, won=False
+    worker_died: bool = False  # the error is its worker process dying: the game was cut, not ended by itself
     # Privileged, for offline labels only (never shown to a policy or the judge); None when the env
     # tracks no expert. The hand-coded expert's next action from this state, and the index of the
     # expert's current subgoal (find, take, heat, ..., put), computed from the true game facts.

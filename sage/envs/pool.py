@@ -124,8 +124,8 @@ class EnvPool:
     """Slot i of reset(games) plays games[i]; slots are spread over the workers (balanced by game size) so
     one step() call runs every worker at once.
 
-    A worker that dies ends only its own episodes (StepResult.error set, done=True); it is replaced at
-    the next reset. Workers are also replaced after `recycle_after` games, because a process that keeps
+    A worker that dies ends only its own episodes (StepResult.error and .worker_died set, done=True); it is
+    replaced at the next reset. One that dies while loading games is replaced and asked once more. Workers are also replaced after `recycle_after` games, because a process that keeps
     opening games keeps growing. num_workers=0 plays every game in this process (debugging).
     expert=True tracks alfworld's hand-coded expert in every game (`StepResult.expert_action`,
     `StepResult.subgoal`: offline labels and teacher data; steps read the game facts, so they cost more).
@@ -162,24 +162,34 @@ class EnvPool:
         if not self.num_workers:
             return self._reset_local(games)
         plan = _deal(games, self.num_workers)
-        for w, slots in plan.items():
-            self._ensure_worker(w, len(slots))
-        sent = {w for w, slots in plan.items() if self._workers[w].send(("reset", [games[s] for s in slots]))}
+        replies = self._load(plan, games)
+        died = {w: slots for w, slots in plan.items() if replies[w] is None}
+        if died:  # one fresh worker each: a death while loading (a signal to the process group) loses no game
+            replies.update(self._load(died, games))
         results: list[StepResult | Exception | None] = [None] * len(games)
         where = [(0, 0)] * len(games)
         for w, slots in plan.items():
-            worker = self._workers[w]
-            reply = worker.recv() if w in sent else None
-            worker.games_opened += len(slots)
-            note = worker.death_note() if reply is None else ""
+            reply = replies[w]
+            note = self._workers[w].death_note() if reply is None else ""
             for k, s in enumerate(slots):
                 where[s] = (w, k)
-                results[s] = reply[k] if reply is not None else self._dead_result(note, None)
+                results[s] = reply[k] if reply is not None else self._dead_result(note, None, worker_died=True)
         failure = next((r for r in results if isinstance(r, Exception)), None)
         if failure is not None:
             raise failure
         self._last, self._where = results, where
         return list(results)
+
+    def _load(self, plan: dict[int, list[int]], games: list) -> dict[int, list | None]:
+        """Each planned worker's reset reply (None: it died before answering)."""
+        for w, slots in plan.items():
+            self._ensure_worker(w, len(slots))
+        sent = {w for w, slots in plan.items() if self._workers[w].send(("reset", [games[s] for s in slots]))}
+        replies = {}
+        for w, slots in plan.items():
+            replies[w] = self._workers[w].recv() if w in sent else None
+            self._workers[w].games_opened += len(slots)
+        return replies
 
     def step(self, actions: Sequence[str | None]) -> list[StepResult | None]:
         if len(actions) != len(self._last):
@@ -208,7 +218,7 @@ class EnvPool:
                 note = worker.death_note()
                 for i, (wi, _) in enumerate(self._where):
                     if wi == w and not self._last[i].done:
-                        self._last[i] = self._dead_result(note, self._last[i])
+                        self._last[i] = self._dead_result(note, self._last[i], worker_died=True)
                 continue
             for i, result in zip(slots, reply, strict=True):
                 self._last[i] = (
@@ -258,7 +268,8 @@ class EnvPool:
             self._workers[w] = _Worker(self._ctx, self.max_steps, self.expert)
 
     @staticmethod
-    def _dead_result(note: str, last: StepResult | None) -> StepResult:
+    def _dead_result(note: str, last: StepResult | None, worker_died: bool = False) -> StepResult:
         return StepResult(
-            "", [], False, True, last.step if last else 0, last.task if last else "", error=note
+            "", [], False, True, last.step if last else 0, last.task if last else "", error=note,
+            worker_died=worker_died,
         )

@@ -10,7 +10,9 @@ Context modes:
   answer would exceed ``max_context_tokens`` ends there, not won, with ``Episode.truncated`` set.
 
 A rollout can stop at a turn boundary (``stop()`` true, e.g. after SIGTERM) and raise `RolloutStopped` with
-a `PartialRollout`: the turns played so far, which games were done and the sampler's state. Passed back as
+a `PartialRollout`: the turns played so far, which games were done and the sampler's state. A turn whose
+environment workers died while a stop was pending (the same signal sent to the whole process group) is
+not recorded: the rollout stops at the boundary before it. Passed back as
 ``resume``, it replays every game's recorded actions in fresh environments (ALFWorld is deterministic
 given the actions; a different observation is refused) and plays on from that turn: bit for bit the
 rollout that was not stopped in window mode; transcript mode prefills each kept transcript afresh, so its
@@ -143,10 +145,11 @@ def rollout(
             active = kept
         if not active:
             break
+        rng_state = policy.get_rng_state() if hasattr(policy, "get_rng_state") else None
         if stop is not None and stop():
-            raise RolloutStopped(PartialRollout(
-                [s.episode for s in slots], [s.done for s in slots], turn_no,
-                policy.get_rng_state() if hasattr(policy, "get_rng_state") else None, overflow))
+            raise RolloutStopped(PartialRollout([s.episode for s in slots], [s.done for s in slots], turn_no,
+                                                rng_state, overflow))
+        overflow_before = dict(overflow)
         if on_turn is not None:
             on_turn(turn_no, len(active))
         if transcript:
@@ -160,6 +163,11 @@ def rollout(
         for i, p in zip(active, parsed, strict=True):
             actions[i] = p.action
         results = pool.step(actions)
+        if stop is not None and any(results[i].worker_died for i in active) and stop():
+            # The signal that stops this run reached the environment workers too (a process-group SIGTERM):
+            # their games were cut, not ended. Stop before this turn; the resumed rollout plays it again.
+            raise RolloutStopped(PartialRollout([s.episode for s in slots], [s.done for s in slots], turn_no,
+                                                rng_state, overflow_before))
         for i, ctx, gen, p in zip(active, prompts, gens, parsed, strict=True):
             slot, res = slots[i], results[i]
             ep = slot.episode
