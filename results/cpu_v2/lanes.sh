@@ -2,8 +2,8 @@
 # The study as run here: two lanes side by side on the 2 cores, one thread each (README.md, "Commands").
 #   ALFWORLD_DATA=~/alfw bash results/cpu_v2/lanes.sh A > lane_A.log 2>&1 &
 #   ALFWORLD_DATA=~/alfw bash results/cpu_v2/lanes.sh B > lane_B.log 2>&1 &
-# Rerunning a lane skips finished runs and resumes cut ones within a session (the checkpoints live in runs/,
-# outside git: a run cut by a session's end starts over in the next). A failed run does not stop its lane
+# Rerunning a lane skips finished runs and resumes cut ones from their checkpoints in runs/ (outside git: a
+# run cut by a session's end resumes if runs/ is still there, else starts over). A failed run does not stop its lane
 # (the runner says which failed; rerun to retry). SFT on the teacher's episodes runs in lane A after its
 # seed-0 cells (moved from lane B on 2026-12-01): its first run builds the teacher pool the seeds draw from,
 # which lives in git (results/cpu_v2/teacher_pool/), so a build cut by a session's end resumes from its
