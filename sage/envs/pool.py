@@ -125,8 +125,9 @@ class EnvPool:
     one step() call runs every worker at once.
 
     A worker that dies ends only its own episodes (StepResult.error and .worker_died set, done=True); it is
-    replaced at the next reset. One that dies while loading games is replaced and asked once more. Workers are also replaced after `recycle_after` games, because a process that keeps
-    opening games keeps growing. num_workers=0 plays every game in this process (debugging).
+    replaced at the next reset. One that dies while loading games is replaced and asked once more. Workers
+    are also replaced after `recycle_after` games, because a process that keeps opening games keeps growing.
+    num_workers=0 plays every game in this process (debugging).
     expert=True tracks alfworld's hand-coded expert in every game (`StepResult.expert_action`,
     `StepResult.subgoal`: offline labels and teacher data; steps read the game facts, so they cost more).
     """
@@ -173,7 +174,8 @@ class EnvPool:
             note = self._workers[w].death_note() if reply is None else ""
             for k, s in enumerate(slots):
                 where[s] = (w, k)
-                results[s] = reply[k] if reply is not None else self._dead_result(note, None, worker_died=True)
+                results[s] = (reply[k] if reply is not None
+                              else self._dead_result(note, None, worker_died=True))
         failure = next((r for r in results if isinstance(r, Exception)), None)
         if failure is not None:
             raise failure

@@ -12,11 +12,11 @@ Context modes:
 A rollout can stop at a turn boundary (``stop()`` true, e.g. after SIGTERM) and raise `RolloutStopped` with
 a `PartialRollout`: the turns played so far, which games were done and the sampler's state. A turn whose
 environment workers died while a stop was pending (the same signal sent to the whole process group) is
-not recorded: the rollout stops at the boundary before it. Passed back as
-``resume``, it replays every game's recorded actions in fresh environments (ALFWorld is deterministic
-given the actions; a different observation is refused) and plays on from that turn: bit for bit the
-rollout that was not stopped in window mode; transcript mode prefills each kept transcript afresh, so its
-next samples may differ by floating-point rounding.
+not recorded: the rollout stops at the boundary before it. Passed back as ``resume``, it replays every
+game's recorded actions in fresh environments (ALFWorld is deterministic given the actions; a different
+observation is refused) and plays on from that turn: bit for bit the rollout that was not stopped in
+window mode; transcript mode prefills each kept transcript afresh, so its next samples may differ by
+floating-point rounding.
 
 A limit below the first prompt: ``window`` left-truncates it (the task text may be cut) and logs a
 warning; ``transcript`` ends such an episode before its first turn (no turns, truncated) with a warning,
