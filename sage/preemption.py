@@ -9,7 +9,8 @@ phase stops at its next boundary:
   on with the sampler state it stopped with (`sage.rollout.loop`);
 - a teacher-data round (``data.source: dagger``) at its next turn boundary; it is seeded, so a resumed run
   replays it whole and gets the same data;
-- the judge and teacher passes at their next batch (the epoch's rollout is already kept; they rerun);
+- the judge and teacher passes at their next batch (the epoch's rollout is already kept; they rerun), and
+  the evaluation KL scoring at its next batch;
 - training at the end of the current optimizer step (an exact-resume checkpoint cannot hold a half
   accumulated gradient).
 

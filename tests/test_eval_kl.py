@@ -99,6 +99,40 @@ def test_turn_kl_reads_the_shared_columns_of_a_padded_teacher(played, models):
     assert_equal_up_to_float64_rounding(torch.tensor(got, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64))
 
 
+def test_sigterm_stops_the_scoring_at_its_next_batch(played, models):
+    """A SIGTERM during `sage validate`'s KL scoring stops it after the batch in hand (it waited for the
+    whole split before), and the models go back to the modes they were in."""
+    import signal
+
+    from sage import preemption
+
+    student, teacher = models
+    episodes = played["window"]
+    calls = []
+
+    def signal_on_first_forward(module, args):
+        calls.append(1)
+        if len(calls) == 1:
+            preemption._on_sigterm(signal.SIGTERM, None)
+
+    teacher.train()
+    handle = student.get_decoder().register_forward_pre_hook(signal_on_first_forward)
+    preemption.reset()
+    preemption.work_started()
+    try:
+        with pytest.raises(preemption.Preempted, match="in the eval KL pass"):
+            turn_kl(student, teacher, episodes, SMOLLM2_VOCAB, max_batch_tokens=1)  # one row per batch
+        assert len(calls) == 1 < sum(ep.length for ep in episodes)
+        assert not student.training and teacher.training
+        with pytest.raises(preemption.Preempted, match="before the eval KL pass"):
+            turn_kl(student, teacher, episodes, SMOLLM2_VOCAB)
+        assert len(calls) == 1
+    finally:
+        handle.remove()
+        teacher.eval()
+        preemption.reset()
+
+
 def test_repeat_flags_and_kl_fields_of_a_game_record():
     actions = ["look", "look", "go to desk 1", "look", "", ""]  # "" is an unparsed answer: never a repeat
     turns = [make_turn(k, action=a, eval_kl=0.5 * k, eval_kl_tokens=k + 1) for k, a in enumerate(actions)]

@@ -5,7 +5,8 @@ token, from the frozen teacher's next-token distribution, whether or not a game 
 training path's pieces so the figure means what the loss means: forwards batched under a token budget
 with right padding (`sage.forward`), final hidden states at the response positions only, float32 LM
 heads (`head_logits`) in chunks of positions (never an [all positions, V] tensor), and
-`token_divergence`'s reverse_kl at temperature 1.
+`token_divergence`'s reverse_kl at temperature 1. It runs as a `sage.progress.Phase`: a summary line per
+validation batch, and after SIGTERM it stops at its next batch (`sage.preemption`), as the rollouts do.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sage.forward import (
     predicting,
     selected_hidden,
 )
+from sage.progress import Phase
 from sage.rollout.records import Episode
 
 TurnKL = tuple[float, int]  # (sum of the turn's token KLs, number of response tokens)
@@ -84,20 +86,22 @@ def turn_kl(
         s_head, t_head = output_head(student), output_head(teacher)
         s_dev, t_dev = model_device(student), model_device(teacher)
         sums: dict[tuple[int, int], float] = {}
-        for batch in budget_batches([len(s) for s in seqs], max_batch_tokens):
-            ids, attn = pad_right([seqs[i] for i in batch])
-            select = predicting(position_mask(ids, [positions[i] for i in batch]))
-            s_hidden = selected_hidden(student, ids.to(s_dev), attn.to(s_dev), select)
-            t_hidden = selected_hidden(teacher, ids.to(t_dev), attn.to(t_dev), select)
-            kl = []
-            for s_h, t_h in zip(s_hidden.split(chunk_tokens), t_hidden.split(chunk_tokens), strict=True):
-                z_s = head_logits(s_h, s_head, vocab_rows)
-                z_t = head_logits(t_h, t_head, vocab_rows).to(z_s.device)
-                kl.append(token_divergence(z_s, z_t, None, "reverse_kl").double().cpu())
-            values = torch.cat(kl).tolist()
-            keys = [o for i in batch for o in owners[i]]
-            for key, v in zip(keys, values, strict=True):
-                sums[key] = sums.get(key, 0.0) + v
+        with Phase("eval KL", total=len(seqs), unit="seq") as phase:
+            for batch in budget_batches([len(s) for s in seqs], max_batch_tokens):
+                ids, attn = pad_right([seqs[i] for i in batch])
+                select = predicting(position_mask(ids, [positions[i] for i in batch]))
+                s_hidden = selected_hidden(student, ids.to(s_dev), attn.to(s_dev), select)
+                t_hidden = selected_hidden(teacher, ids.to(t_dev), attn.to(t_dev), select)
+                kl = []
+                for s_h, t_h in zip(s_hidden.split(chunk_tokens), t_hidden.split(chunk_tokens), strict=True):
+                    z_s = head_logits(s_h, s_head, vocab_rows)
+                    z_t = head_logits(t_h, t_head, vocab_rows).to(z_s.device)
+                    kl.append(token_divergence(z_s, z_t, None, "reverse_kl").double().cpu())
+                keys = [o for i in batch for o in owners[i]]
+                for key, v in zip(keys, torch.cat(kl).tolist(), strict=True):
+                    sums[key] = sums.get(key, 0.0) + v
+                phase.update(len(batch))
+            phase.close(f"{len(seqs)} sequences, {sum(map(len, positions))} response tokens scored")
     finally:
         for m, was in modes:
             m.train(was)
