@@ -3,7 +3,9 @@ evaluation rollouts.
 
 On a terminal each phase shows a tqdm bar (the library Lightning's default bar uses), rank 0 only;
 when stdout is not a terminal (CI, log files) there is no bar (Lightning's is off too, `sage.cli`), only
-the one summary line each phase prints when it ends, every epoch; training prints its own (`TrainSummary`).
+the one summary line each phase prints when it ends, every epoch, and in a phase that runs long (a
+whole-panel evaluation, a teacher pool's build: many minutes on a CPU) a line of its progress every
+`LOG_EVERY_S` seconds, so a log file shows the run is alive; training prints its own (`TrainSummary`).
 Lines go through ``tqdm.write``, so on a terminal they never land inside a bar's line.
 ``SAGE_PROGRESS=0`` turns the bars off, ``=1`` forces them on. After SIGTERM a phase stops at its next
 update (`sage.preemption`).
@@ -21,6 +23,8 @@ from tqdm.auto import tqdm
 from sage import preemption
 from sage.distributed import world
 
+LOG_EVERY_S = 300.0
+
 
 def interactive() -> bool:
     forced = os.environ.get("SAGE_PROGRESS")
@@ -36,7 +40,8 @@ class Phase:
     def __init__(self, name: str, total: int | None, unit: str) -> None:
         if preemption.stop_now():
             raise preemption.Preempted(f"before the {name} pass")
-        self.name, self.t0 = name, time.perf_counter()
+        self.name, self.total, self.unit, self.t0 = name, total, unit, time.perf_counter()
+        self.done, self.next_line = 0, self.t0 + LOG_EVERY_S
         self.rank0 = world()[0] == 0
         self.bar = None
         if self.rank0 and interactive():
@@ -49,10 +54,16 @@ class Phase:
     def update(self, n: int = 1, **fields) -> None:
         if preemption.stop_now():
             raise preemption.Preempted(f"in the {self.name} pass")
+        self.done += n
         if self.bar is not None:
             self.bar.update(n)
             if fields:
                 self.bar.set_postfix(fields, refresh=False)
+        elif self.rank0 and time.perf_counter() >= self.next_line:
+            of = f"/{self.total}" if self.total is not None else ""
+            extra = "".join(f", {k}={v}" for k, v in fields.items())
+            say(f"[{self.name}] {self.done:.0f}{of} {self.unit}s so far{extra} ({self.seconds:.0f} s)")
+            self.next_line = time.perf_counter() + LOG_EVERY_S
 
     def _drop_bar(self) -> None:
         if self.bar is not None:
