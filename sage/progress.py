@@ -41,7 +41,7 @@ class Phase:
         if preemption.stop_now():
             raise preemption.Preempted(f"before the {name} pass")
         self.name, self.total, self.unit, self.t0 = name, total, unit, time.perf_counter()
-        self.done, self.next_line = 0, self.t0 + LOG_EVERY_S
+        self.done, self.next_line = 0.0, self.t0 + LOG_EVERY_S
         self.rank0 = world()[0] == 0
         self.bar = None
         if self.rank0 and interactive():
@@ -51,7 +51,8 @@ class Phase:
     def seconds(self) -> float:
         return time.perf_counter() - self.t0
 
-    def update(self, n: int = 1, **fields) -> None:
+    def update(self, n: float = 1, **fields) -> None:
+        """Count `n` more units; fractional when a unit is split over calls (the judge's labels)."""
         if preemption.stop_now():
             raise preemption.Preempted(f"in the {self.name} pass")
         self.done += n
