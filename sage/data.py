@@ -20,10 +20,9 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from sage import preemption
+from sage import preemption, records_io
 from sage.distill.annotate import Annotator
 from sage.distributed import shard, world
 from sage.envs import (
@@ -37,7 +36,6 @@ from sage.envs import (
     split_key,
 )
 from sage.epoch import Epoch, EpochPlanner, publish
-from sage.io import atomic_path
 from sage.plan import MicroBatch
 from sage.rollout.loop import RolloutStopped
 from sage.rollout.player import PartialPlay, Player, PlayStopped
@@ -358,18 +356,19 @@ class SageDataModule(L.LightningDataModule):
         if log_dir is None:
             return None
         rank, size = world()
-        return Path(log_dir) / "epoch_data" / f"epoch_{epoch:03d}{kind}{f'_rank{rank}' if size > 1 else ''}.pt"
+        return Path(log_dir) / "epoch_data" / f"epoch_{epoch:03d}{kind}{f'_rank{rank}' if size > 1 else ''}.jsonl"
 
     def _episodes_for(self, epoch: int) -> tuple[list[Episode], int]:
         """This epoch's rollouts and the items already trained: kept ones when resuming this epoch,
         fresh ones (saved beside the checkpoints, atomically) otherwise."""
         resume, self._resume = self._resume, None
-        if resume and resume.get("epoch") == epoch and Path(resume.get("episodes_file", "")).is_file():
-            self._epoch_file, self._epoch_index = Path(resume["episodes_file"]), epoch
-            return torch.load(self._epoch_file, weights_only=False), int(resume["items_done"])
+        kept = {k: records_io.converted(resume[k]) for k in ("episodes_file", "partial_file") if k in (resume or {})}
+        if resume and resume.get("epoch") == epoch and kept.get("episodes_file", Path("")).is_file():
+            self._epoch_file, self._epoch_index = kept["episodes_file"], epoch
+            return records_io.read_episodes(self._epoch_file, "epoch")[1], int(resume["items_done"])
         partial = None
-        if resume and resume.get("epoch") == epoch and Path(resume.get("partial_file", "")).is_file():
-            partial = torch.load(resume["partial_file"], weights_only=False)
+        if resume and resume.get("epoch") == epoch and kept.get("partial_file", Path("")).is_file():
+            partial = records_io.read_partial(kept["partial_file"], "partial_play")[1]
             log.info("resuming the rollout of epoch %d after its first %d turns", epoch, partial.turns)
         self._partial_file, self._epoch_file, self._epoch_index = None, None, epoch
         try:
@@ -377,15 +376,15 @@ class SageDataModule(L.LightningDataModule):
         except PlayStopped as stopped:
             self._partial_file = self._epoch_path(epoch, "_partial")
             if self._partial_file is not None:
-                _save_atomically(stopped.partial, self._partial_file)
+                records_io.write_partial(self._partial_file, "partial_play", stopped.partial)
             raise preemption.Preempted(
                 f"in the rollout of epoch {epoch} after {stopped.partial.turns} turns (kept in {self._partial_file})"
             ) from None
         self._epoch_file = self._epoch_path(epoch)
         if self._epoch_file is not None:
-            _save_atomically(episodes, self._epoch_file)
+            records_io.write_episodes(self._epoch_file, "epoch", episodes)
         if partial is not None:  # the whole rollout is kept now
-            Path(resume["partial_file"]).unlink(missing_ok=True)
+            kept["partial_file"].unlink(missing_ok=True)
         return episodes, 0
 
     # -- evaluation -----------------------------------------------------------------------------------
@@ -410,11 +409,6 @@ class SageDataModule(L.LightningDataModule):
             return []
         with self.trainer.precision_plugin.forward_context():
             return self.player.play(self.student, self.tokenizer, games, greedy=True, label=label)
-
-
-def _save_atomically(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def balanced(games: list[GameInfo], n: int | None) -> list[GameInfo]:

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import torch
 
-from sage import preemption
+from sage import preemption, records_io
 from sage.envs import find_games
-from sage.io import atomic_path
 from sage.rollout.player import Player, PlayStopped
 from sage.rollout.records import Episode
 from sage.specs import TeacherPoolSpec
@@ -70,8 +69,9 @@ def tokenizer_sha256(tokenizer) -> str:
 
 def describe(spec: TeacherPoolSpec, *, teacher, tokenizer, prompt, rollout, max_turns: int, split: str,
              games: list, won_only: bool) -> dict:
-    """Everything the pool's token ids and outcomes depend on (compared field by field on load)."""
-    return {
+    """Everything the pool's token ids and outcomes depend on (compared field by field on load), as JSON
+    reads it back (tuples as lists)."""
+    return _plain({
         "teacher_sha256": model_sha256(teacher),
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
         "split": split,
@@ -82,7 +82,11 @@ def describe(spec: TeacherPoolSpec, *, teacher, tokenizer, prompt, rollout, max_
         "won_only": won_only,
         "rollout": dataclasses.asdict(rollout),
         "prompt": dataclasses.asdict(prompt.template),
-    }
+    })
+
+
+def _plain(value):
+    return json.loads(json.dumps(value))
 
 
 def _check_same(path: Path, have: dict, want: dict) -> None:
@@ -112,11 +116,6 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def load_or_build(spec: TeacherPoolSpec, *, teacher, tokenizer, env_pool, prompt, rollout, max_turns: int,
                   split: str, data_root: str | None, won_only: bool, stop=None) -> TeacherPool:
     """The pool at ``spec.file``: loaded when it exists (and matches this run), else played now by the
@@ -128,18 +127,18 @@ def load_or_build(spec: TeacherPoolSpec, *, teacher, tokenizer, env_pool, prompt
                     split=split, games=games, won_only=won_only)
     with _locked(path):
         if path.is_file():
-            saved = torch.load(path, weights_only=False)
-            _check_same(path, saved["meta"], want)
-            pool = TeacherPool(**saved)
+            head, episodes = _read(path, "teacher_pool")
+            _check_same(path, head["meta"], want)
+            pool = TeacherPool(head["meta"], head["games"], episodes, head["seconds"])
             log.info("teacher pool %s: %d episodes kept of %d games (teacher won %.1f %%)", path,
                      len(pool.episodes), len(pool.games), 100 * pool.win_rate)
             return pool
         partial_file = path.with_name(path.name + ".partial")
         resume, spent = None, 0.0
         if partial_file.is_file():
-            saved = torch.load(partial_file, weights_only=False)
-            _check_same(partial_file, saved["meta"], want)
-            resume, spent = saved["partial"], saved["seconds"]
+            head, resume = _read(partial_file, "teacher_pool_partial")
+            _check_same(partial_file, head["meta"], want)
+            spent = head["seconds"]
             log.info("teacher pool %s: resuming its build after %d finished games", path, len(resume.finished))
         player = Player(env_pool, prompt, rollout, spec.batch)
         player.stop = stop
@@ -148,19 +147,30 @@ def load_or_build(spec: TeacherPoolSpec, *, teacher, tokenizer, env_pool, prompt
             episodes = player.play(teacher, tokenizer, games, greedy=False, seed=spec.seed, resume=resume,
                                    label="teacher pool")
         except PlayStopped as stopped:
-            _save({"meta": want, "partial": stopped.partial, "seconds": spent + time.perf_counter() - t0},
-                  partial_file)
+            records_io.write_partial(partial_file, "teacher_pool_partial", stopped.partial, meta=want,
+                                     seconds=spent + time.perf_counter() - t0)
             raise preemption.Preempted(
                 f"while building the teacher pool {path} (its progress is kept in {partial_file})") from None
         rows = [{"game_id": ep.game_id, "task_type": ep.task_type, "won": ep.won, "turns": ep.length,
                  "error": ep.error} for ep in episodes]
         kept = [ep for ep in episodes if ep.error is None and (ep.won or not won_only)]
         pool = TeacherPool(meta=want, games=rows, episodes=kept, seconds=spent + time.perf_counter() - t0)
-        _save({"meta": pool.meta, "games": pool.games, "episodes": pool.episodes, "seconds": pool.seconds}, path)
+        records_io.write_episodes(path, "teacher_pool", kept, meta=pool.meta, games=rows, seconds=pool.seconds)
         partial_file.unlink(missing_ok=True)
         log.info("teacher pool %s: built in %.0f s; %d episodes kept of %d games (teacher won %.1f %%)", path,
                  pool.seconds, len(kept), len(rows), 100 * pool.win_rate)
         return pool
+
+
+def _read(path: Path, kind: str):
+    """A pool file's header and content; an old pickle is refused with the conversion command."""
+    try:
+        if kind == "teacher_pool":
+            return records_io.read_episodes(path, kind)
+        return records_io.read_partial(path, kind)
+    except records_io.RecordsFileError as exc:
+        then = ", then name that file in data.teacher_pool.file" if isinstance(exc, records_io.LegacyFileError) else ""
+        raise type(exc)(f"data.teacher_pool.file: {exc}{then}") from None
 
 
 def draw(episodes: list[Episode], n: int, seed: int, epoch: int) -> list[Episode]:

@@ -216,7 +216,7 @@ def test_sft_on_a_teacher_pool_that_two_seeds_share(tmp_path, pool, monkeypatch)
     and draws another sample of it."""
     import sage.teacher_pool
 
-    file = tmp_path / "pool.pt"
+    file = tmp_path / "pool.jsonl"
     extra = ("--config", str(ROOT / "configs/sft.yaml"), "--model.teacher.name_or_path", "tiny-random",
              "--model.teacher.seed", "1", "--data.source", "teacher", "--data.teacher_won_only",
              "false", "--data.teacher_pool.file", str(file), "--data.teacher_pool.games", "5",
@@ -236,7 +236,7 @@ def test_sft_on_a_teacher_pool_that_two_seeds_share(tmp_path, pool, monkeypatch)
         drawn[seed] = [[ep.game_id for ep in e.episodes] for e in published.epochs]
         assert all(e.stats["teacher_pool_episodes"] == 5 for e in published.epochs)
     assert played == [0] and file.stat().st_mtime_ns == built  # played once, by the first run
-    pooled = {g["game_id"] for g in torch.load(file, weights_only=False)["games"]}
+    pooled = {g["game_id"] for g in json.loads(file.read_text().splitlines()[0])["games"]}  # JSON lines, no pickle
     for seed in (0, 1):
         assert [len(ids) for ids in drawn[seed]] == [2, 2] and set(sum(drawn[seed], [])) <= pooled
         assert len(set(sum(drawn[seed], []))) == 4  # two epochs: four different episodes of the five

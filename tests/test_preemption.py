@@ -152,9 +152,9 @@ def test_sigterm_during_fit_keeps_the_work_and_resumes_exactly(tmp_path, uninter
     assert seconds < 30  # a turn of these tiny models takes well under a second; a hang guard
     kept = {p.name for p in (ckpt.parent.parent / "epoch_data").iterdir()}
     if "in the rollout of epoch 1" in err:  # the turns played so far are kept
-        assert "epoch_001_partial.pt" in kept
+        assert "epoch_001_partial.jsonl" in kept
     elif "pass" in err.strip().splitlines()[-1] and "before the rollout" not in err:  # judge or teacher
-        assert "epoch_001.pt" in kept
+        assert "epoch_001.jsonl" in kept
 
     resumed = subprocess.run(sage("fit", *TINY, "--trainer.default_root_dir", str(tmp_path / "resumed"),
                                   "--ckpt_path", str(ckpt)), capture_output=True, text=True, timeout=1800,

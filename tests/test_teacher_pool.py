@@ -1,13 +1,16 @@
 """The teacher pool (`sage.teacher_pool`): built once by a tiny random teacher on real bundled train games,
 loaded by later runs without playing, refused when made by another teacher or turn limit, resumed exactly
-after a stop, and drawn without repeats until used up."""
+after a stop, and drawn without repeats until used up. Its file is JSON lines (`sage.records_io`): loading it
+runs no pickle; an old pickled pool is refused with the command that converts it."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
-from sage import preemption, teacher_pool
+from sage import preemption, records_io, teacher_pool
 from sage.envs import PromptBuilder
 from sage.specs import RolloutSpec, TeacherPoolSpec
 from tests.helpers import make_episode, make_turn, tiny_model, tiny_tokenizer
@@ -24,12 +27,12 @@ def _build(pool, root, file, teacher, stop=None, max_turns=MAX_TURNS, won_only=F
 
 
 def _played(p):
-    return [(ep.game_id, [(t.response_ids, t.action, t.feedback) for t in ep.turns]) for ep in p.episodes]
+    return [(ep.game_id, [(t.response_ids, t.logprobs, t.action, t.feedback) for t in ep.turns]) for ep in p.episodes]
 
 
 @pytest.fixture(scope="module")
 def built(pool, bundled_data_root, tmp_path_factory):
-    file = tmp_path_factory.mktemp("pool") / "teacher_pool.pt"
+    file = tmp_path_factory.mktemp("pool") / "teacher_pool.jsonl"
     return file, _build(pool, bundled_data_root, file, tiny_model(seed=3))
 
 
@@ -40,6 +43,28 @@ def test_the_pool_is_played_once_then_loaded(built, bundled_data_root):
     assert first.win_rate == 0.0 and first.seconds > 0
     again = _build(None, bundled_data_root, file, tiny_model(seed=3))  # no environment: it must not play
     assert _played(again) == _played(first)
+
+
+def test_the_pool_file_is_json_lines_and_an_old_pickle_is_converted_once(built, bundled_data_root, tmp_path,
+                                                                        monkeypatch):
+    """No pickle: the header and every episode are JSON. The pickle an older sage wrote (the same content
+    through torch.save) is refused with one line naming the conversion command; converted, it loads equal."""
+    file, first = built
+    head, *lines = file.read_text().splitlines()
+    assert json.loads(head)["kind"] == "teacher_pool" and len(lines) == len(first.episodes)
+    old = tmp_path / "old_pool.pt"
+    torch.save({"meta": first.meta, "games": first.games, "episodes": first.episodes, "seconds": first.seconds}, old)
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or pytest.fail("torch.load ran"))
+    with pytest.raises(records_io.LegacyFileError) as refused:
+        _build(None, bundled_data_root, old, tiny_model(seed=3))
+    assert str(refused.value) == (
+        f"data.teacher_pool.file: {str(old)!r} is a pickle written by an older sage (torch.save), which can run "
+        f"code when loaded, so it is not read; if it is yours, convert it once: python -m sage.records_io {old} "
+        "(writes old_pool.jsonl beside it), then name that file in data.teacher_pool.file")
+    monkeypatch.undo()
+    records_io.main([str(old)])
+    assert _played(_build(None, bundled_data_root, tmp_path / "old_pool.jsonl", tiny_model(seed=3))) == _played(first)
 
 
 @pytest.mark.parametrize("change", ["teacher", "max_turns", "won_only"])
@@ -61,14 +86,14 @@ def test_a_stopped_build_resumes_to_the_same_pool(built, pool, bundled_data_root
     """Stopped after two turns of its first batch: the partial file keeps them, and the resumed build plays
     exactly what the uninterrupted one played (window mode is bit for bit, tests/test_preemption.py)."""
     _, whole = built
-    file = tmp_path / "pool.pt"
+    file = tmp_path / "pool.jsonl"
     calls = []
     with pytest.raises(preemption.Preempted, match="teacher pool"):
         _build(pool, bundled_data_root, file, tiny_model(seed=3), stop=lambda: calls.append(1) or len(calls) > 2)
-    assert not file.is_file() and file.with_name("pool.pt.partial").is_file()
+    assert not file.is_file() and file.with_name("pool.jsonl.partial").is_file()
     resumed = _build(pool, bundled_data_root, file, tiny_model(seed=3))
     assert _played(resumed) == _played(whole)
-    assert not file.with_name("pool.pt.partial").exists()
+    assert not file.with_name("pool.jsonl.partial").exists()
 
 
 def test_epochs_draw_every_pooled_episode_once_before_repeating():
