@@ -33,6 +33,8 @@ from callbacks import AblationReport, AlfworldEvaluation, EpisodeLog, ExportStud
 from sage import preemption
 from sage.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from sage.data import SageDataModule
+from sage.envs.games import drop_empty_alfworld_data
+from sage.envs.probe import probe_environment
 from sage.errors import InputError
 from sage.module import SageModule
 from sage.progress import TrainSummary, interactive
@@ -143,8 +145,9 @@ class SageCLI(LightningCLI):
         (a no-op here) is the only way; re-check it when upgrading Lightning."""
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse, then check every setting (`sage.settings.check_config`) and the ALFWorld data before
-        anything else runs or prints: a missing or empty data root or split fails in seconds, before
+        """Parse, then check every setting (`sage.settings.check_config`), the ALFWorld data and the
+        environment (one worker resets one game: `sage.envs.probe`) before anything else runs or prints: a
+        missing or empty data root or split, or an environment that cannot start, fails in seconds, before
         anything is written, instead of after the models load."""
         from sage.envs import find_games
 
@@ -164,14 +167,21 @@ class SageCLI(LightningCLI):
             splits.append(data.get("train_split") or "train")
         for split in dict.fromkeys(splits):
             find_games(split, data.get("data_root"), limit=1)
+        if subcommand in ("fit", "validate"):  # not when the CLI only builds the classes (run=False)
+            self._probe_pool = probe_environment(data, subcommand)
 
     def instantiate_classes(self) -> None:
+        pool, self._probe_pool = getattr(self, "_probe_pool", None), None
         try:
             super().instantiate_classes()
         except Exception as exc:
+            if pool is not None:
+                pool.close()
             if refused(exc):  # a value the classes refuse: the user's config, not a bug
                 exc.sage_config_error = True
             raise
+        if pool is not None:
+            self.datamodule.adopt_pool(pool)  # the probe's worker plays on
 
 
 def _base_config_kwargs(run: bool) -> dict:
@@ -212,6 +222,7 @@ def _message(exc: BaseException) -> str:
 
 def main() -> None:
     preemption.install()
+    drop_empty_alfworld_data()  # an exported but empty $ALFWORLD_DATA means unset (sage.envs.games)
     try:
         if len(sys.argv) > 1 and sys.argv[1] == "experiment":
             from sage.experiment import main as experiment_main

@@ -219,6 +219,11 @@ class SageDataModule(L.LightningDataModule):
     def split_key(self, index: int) -> str:
         return split_key(self.val_splits[index])
 
+    def adopt_pool(self, pool: EnvPool) -> None:
+        """Play with ``pool`` and close it at teardown: the CLI's start-up probe started it (`sage.envs.probe`)
+        with this DataModule's worker count, turn limit and expert tracking."""
+        self.pool, self._own_pool = pool, True
+
     def setup(self, stage: str | None = None) -> None:
         """Start the environment workers once; a pool assigned from outside (tests, notebooks) is
         used as it is and left open."""

@@ -45,6 +45,9 @@ def task_text(observation: str) -> str:
 
 
 def _make_gym_env(path: str, max_steps: int, facts: bool):
+    from sage.envs.games import drop_empty_alfworld_data
+
+    drop_empty_alfworld_data()
     import textworld
     import textworld.gym
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos

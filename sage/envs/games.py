@@ -50,6 +50,17 @@ class GameLoadError(InputError, ValueError):
     """A game file that cannot be read or started by the engine; the message names the file."""
 
 
+class WorkerStartError(InputError, RuntimeError):
+    """An environment worker could not start the engine (alfworld failed at import); the worker's exception."""
+
+
+def drop_empty_alfworld_data() -> None:
+    """An exported but empty $ALFWORLD_DATA (a shell script exporting an unset name) means unset: alfworld
+    would try to create the folder '' at import and fail. Called before every alfworld import."""
+    if "ALFWORLD_DATA" in os.environ and not os.environ["ALFWORLD_DATA"].strip():
+        del os.environ["ALFWORLD_DATA"]
+
+
 @dataclass(frozen=True)
 class GameInfo:
     """One ALFWorld trial; frozen and picklable so it can be sent to pool workers."""

@@ -16,23 +16,30 @@ from collections.abc import Sequence
 from multiprocessing.connection import wait
 
 from sage.envs.alfworld_env import AlfworldEnv, StepResult
-from sage.envs.games import GameInfo, GameLoadError
+from sage.envs.games import GameInfo, GameLoadError, WorkerStartError, drop_empty_alfworld_data
 
 
 def _portable_error(exc: BaseException) -> Exception:
     """Exceptions cross the pipe as plain types that always pickle."""
-    if isinstance(exc, GameLoadError):
-        return GameLoadError(str(exc))
+    if isinstance(exc, (GameLoadError, WorkerStartError)):
+        return type(exc)(str(exc))
     return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def _worker_main(conn, max_steps: int, expert: bool = False):
     """Child loop: ("reset", [game, ...]) or ("step", [(index, action), ...]) -> [StepResult | Exception].
 
-    Ctrl-C is left to the parent, which shuts workers down; a worker whose parent vanished sees EOF.
+    Ctrl-C is left to the parent, which shuts workers down; a worker whose parent vanished sees EOF. A worker
+    whose engine cannot start answers its first command with `WorkerStartError` in every slot, then exits:
+    the parent learns why (a bare death would only say "exit code 1").
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import alfworld.agents.environment.alfred_tw_env  # noqa: F401  (warm the engine imports early)
+    try:
+        drop_empty_alfworld_data()
+        import alfworld.agents.environment.alfred_tw_env  # noqa: F401  (warm the engine imports early)
+    except Exception as exc:
+        _refuse_all(conn, WorkerStartError(f"the ALFWorld engine failed at import: {type(exc).__name__}: {exc}"))
+        return
 
     envs: list[AlfworldEnv] = []
     while True:
@@ -57,6 +64,16 @@ def _worker_main(conn, max_steps: int, expert: bool = False):
         conn.send(out)
     for env in envs:
         env.close()
+
+
+def _refuse_all(conn, error: Exception) -> None:
+    """Answer the first command with ``error`` in each of its slots."""
+    try:
+        cmd, payload = conn.recv()
+        if cmd != "close":
+            conn.send([error] * len(payload))
+    except (EOFError, OSError):
+        pass
 
 
 def _deal(games: list, num_workers: int) -> dict[int, list[int]]:
