@@ -16,6 +16,12 @@ commands at that observation) and `val/<split>/format_rate` (an `<action>` could
 say how it plays: `val/<split>/repeat_rate` (the action repeats the game's previous one: stuck in a loop)
 and, with a teacher, `val/<split>/reverse_kl` (KL(student || teacher) per response token, a token mean
 over the split; records keep per turn its sum `kl` and its token count `kl_tokens`).
+
+A game lost to the environment (its worker killed, a step that raised: `Episode.error`) is no measurement:
+it is left out of every figure and counted, per split, as ``episodes: {asked, played, lost}`` in the
+results, which say ``complete: false``; the table says it too and prints no figure over zero played turns.
+Past ``data.max_lost_eval_share`` (default 0: any lost game) the run then stops with exit code 3
+(`sage.envs.lost`), after writing the results.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric, SumMetric
 
 from sage.envs import TASK_TYPES
+from sage.envs.lost import check_share
 from sage.io import write_atomic
 from sage.results import TURN_RATES
 from sage.rollout.records import admissible_flags, repeat_flags
@@ -36,13 +43,19 @@ from sage.rollout.records import admissible_flags, repeat_flags
 RATE_ROWS = {"admissible_rate": "admissible actions (turns)", "format_rate": "parsed answers (turns)",
              "repeat_rate": "repeated actions (turns)", "reverse_kl": "reverse KL, nats/token (tokens)"}
 COUNT_OF = {"reverse_kl": "kl_tokens"}  # a turn rate's count in "turn_rates" when it is not "turns"
+LOST_KEYS = ("asked", "lost")  # per split: games asked for, games lost to the environment
 
 
 def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[str, int]],
-                 turn_rates: dict[str, dict[str, float]] | None = None) -> str:
+                 turn_rates: dict[str, dict[str, float]] | None = None,
+                 episodes: dict[str, dict[str, int]] | None = None) -> str:
     """One table: success % per task type and overall (games), then the turn-level rates (turns; the
-    reverse KL in nats per token, over tokens), with the splits side by side and the count beside each value."""
+    reverse KL in nats per token, over tokens), with the splits side by side and the count beside each value.
+    A split with no played turn prints "-" everywhere; ``episodes`` (asked, played, lost per split) adds a row
+    of the games lost to the environment when there are any."""
     splits = list(results)
+    if turn_rates:  # no success rate over zero played turns
+        counts = {s: (c if turn_rates.get(s, {}).get("turns", 0) else dict.fromkeys(c, 0)) for s, c in counts.items()}
     head = f"{'ALFWorld success (greedy)':<34}" + "".join(f"{s + ' %':>12}{'n':>6}" for s in splits)
     rule = "-" * len(head)
     rows = [(key, key, {s: (results[s].get(key, float("nan")), counts[s].get(key, 0)) for s in splits})
@@ -57,6 +70,10 @@ def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[st
             lines.append(rule)
         lines.append(f"{label:<34}" + "".join(
             f"{'-' if n == 0 or math.isnan(v) else _shown(key, v):>12}{n:>6}" for v, n in cells.values()))
+    if episodes and any(e.get("lost") for e in episodes.values()):
+        lines += [rule, f"{'LOST to the environment (games)':<34}" + "".join(
+            f"{episodes.get(s, {}).get('lost', 0):>12}{episodes.get(s, {}).get('asked', 0):>6}" for s in splits),
+            "figures above are over the played games only: INCOMPLETE"]
     return "\n".join(lines)
 
 
@@ -99,6 +116,7 @@ class AlfworldEvaluation(L.Callback):
         self.counts: dict[str, dict[str, int]] = {}
         self._metrics: dict[tuple[str, str], tuple[MeanMetric, SumMetric]] = {}
         self.turn_rates: dict[str, dict[str, float]] = {}
+        self.episodes: dict[str, dict[str, int]] = {}
         self.games_file = games_file  # per-game records of `sage validate`
         self.games_history_file = games_history_file  # appended per-game records of `sage fit`
         self._games: list[dict] = []
@@ -112,7 +130,7 @@ class AlfworldEvaluation(L.Callback):
         dm = trainer.datamodule
         self._metrics, self._games = {}, []
         for i in range(len(dm.val_splits)):  # every rank creates every metric, so syncs line up
-            for key in [*TASK_TYPES, "overall", *TURN_RATES]:
+            for key in [*TASK_TYPES, "overall", *TURN_RATES, *LOST_KEYS]:
                 mean, count = self._metric(dm.split_key(i), key, pl_module.device)
                 # a zero-weight update: a task type no game of this rank has still computes (count 0, no
                 # torchmetrics "compute before update" warning), the same on every rank
@@ -124,6 +142,10 @@ class AlfworldEvaluation(L.Callback):
         for ep in outputs["episodes"]:
             game = game_record(split, ep)  # the metrics below count from it
             self._games.append(game)
+            self._metric(split, "asked", pl_module.device)[1].update(1.0)
+            if ep.error is not None:  # lost to the environment: counted, no measurement
+                self._metric(split, "lost", pl_module.device)[1].update(1.0)
+                continue
             for key in ("overall", ep.task_type):
                 mean, count = self._metric(split, key, pl_module.device)
                 mean.update(float(game["won"]))
@@ -142,9 +164,12 @@ class AlfworldEvaluation(L.Callback):
                         count.update(float(n))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self.results, self.counts, self.turn_rates = {}, {}, {}
+        self.results, self.counts, self.turn_rates, self.episodes = {}, {}, {}, {}
         for (split, key), (mean, count) in sorted(self._metrics.items()):
             n = int(count.compute().item())
+            if key in LOST_KEYS:
+                self.episodes.setdefault(split, {})[key] = n
+                continue
             value = float(mean.compute().item()) if n else float("nan")
             if key in TURN_RATES:
                 rates = self.turn_rates.setdefault(split, {})
@@ -160,8 +185,15 @@ class AlfworldEvaluation(L.Callback):
                 pl_module.log(name, value, batch_size=n, add_dataloader_idx=False)
         # trainer.log_dir is a collective under DDP: every rank must ask, before the rank-0 write.
         root = Path(trainer.log_dir or trainer.default_root_dir)
+        for e in self.episodes.values():
+            e["played"] = e["asked"] - e["lost"]
         self._write(trainer, root)
         self._write_games(trainer, root)
+        limit = getattr(trainer.datamodule, "max_lost_eval_share", 0.0)
+        written = (root / (self.history_file if trainer.state.fn == "fit" else self.results_file)).name
+        for split, e in sorted(self.episodes.items()):
+            check_share(f"the evaluation of split {split}", e["lost"], e["asked"], limit, "data.max_lost_eval_share",
+                        f"the results over the {e['played']} played games are in {root / written}, marked incomplete")
 
     def _write_games(self, trainer, root: Path) -> None:
         """This rank's per-game records (every rank writes its own file: no gather of Python objects)."""
@@ -188,6 +220,8 @@ class AlfworldEvaluation(L.Callback):
             "success": success,  # fraction of games won; null where the split has no game of that type
             "games": self.counts,
             "turn_rates": self.turn_rates,  # per split: the TURN_RATES, turns (and KL tokens) counted
+            "episodes": self.episodes,  # per split: games asked, played, lost to the environment
+            "complete": not any(e["lost"] for e in self.episodes.values()),
         }
         if trainer.state.fn == "fit":
             with open(root / self.history_file, "a") as f:
@@ -195,4 +229,4 @@ class AlfworldEvaluation(L.Callback):
         else:
             write_atomic(root / self.results_file, json.dumps(payload, indent=1) + "\n")
         if self.print_table and trainer.state.fn == "validate":
-            print("\n" + format_table(self.results, self.counts, self.turn_rates) + "\n", flush=True)
+            print("\n" + format_table(self.results, self.counts, self.turn_rates, self.episodes) + "\n", flush=True)

@@ -13,7 +13,9 @@ mismatch, corrupt game file), is printed alone, without a traceback (``SAGE_TRAC
 
 A run writes under ``trainer.default_root_dir`` (the logger's ``save_dir`` follows it unless set);
 a run that fails before training starts removes the version folder it created (`sage.run_folder`).
-SIGTERM: `sage.preemption` (exit code 143).
+SIGTERM: `sage.preemption` (exit code 143). An environment that does not start stops the run before any
+model loads (`sage.envs.probe`, exit code 2); one that loses more of a phase's episodes than
+``data.max_lost_*_share`` allows stops it after writing what it has (`sage.envs.lost`, exit code 3).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from sage import preemption
 from sage.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from sage.data import SageDataModule
 from sage.envs.games import drop_empty_alfworld_data
+from sage.envs.lost import EXIT_CODE as LOST_EXIT_CODE
+from sage.envs.lost import EpisodesLostError
 from sage.envs.probe import probe_environment
 from sage.errors import InputError
 from sage.module import SageModule
@@ -238,6 +242,11 @@ def main() -> None:
     except preemption.Preempted as exc:
         print(f"sage: {exc}", file=sys.stderr, flush=True)
         sys.exit(preemption.EXIT_CODE)
+    except EpisodesLostError as exc:  # the environment lost too much of a phase (sage.envs.lost)
+        if os.environ.get("SAGE_TRACEBACK"):
+            raise
+        print(f"sage: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(LOST_EXIT_CODE)
     except Exception as exc:
         if os.environ.get("SAGE_TRACEBACK") or not (isinstance(exc, InputError) or getattr(exc, "sage_config_error", False)):
             raise

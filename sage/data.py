@@ -20,11 +20,12 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from sage import preemption, records_io
 from sage.distill.annotate import Annotator
-from sage.distributed import shard, world
+from sage.distributed import all_reduce, shard, world
 from sage.envs import (
     EnvPool,
     GameInfo,
@@ -35,8 +36,10 @@ from sage.envs import (
     panel_games,
     split_key,
 )
+from sage.envs.lost import check_share, lost, lost_line
 from sage.epoch import Epoch, EpochPlanner, publish
 from sage.plan import MicroBatch
+from sage.progress import say
 from sage.rollout.loop import RolloutStopped
 from sage.rollout.player import PartialPlay, Player, PlayStopped
 from sage.rollout.records import Episode
@@ -135,6 +138,11 @@ class SageDataModule(L.LightningDataModule):
             Privileged and never shown to a model: it gives each turn its offline label, so the epoch's
             ``train/judge_agreement`` says how often the teacher judge agreed with it. Costs environment
             time (the expert reads the game facts at every step).
+        max_lost_train_share: the share of a training epoch's episodes that may be lost to the environment (a
+            worker killed, a step that raised; left out of training and said on the console) before the run
+            stops with exit code 3 (`sage.envs.lost`).
+        max_lost_eval_share: the same for each evaluation split; 0 (the default): any lost game stops the run
+            after its results are written, marked incomplete.
     """
 
     def __init__(
@@ -159,6 +167,8 @@ class SageDataModule(L.LightningDataModule):
         seed: int = 0,
         dagger: DaggerSpec | None = None,
         track_expert: bool = False,
+        max_lost_train_share: float = 0.25,
+        max_lost_eval_share: float = 0.0,
     ) -> None:
         super().__init__()
         check_choice("data.source", source, DATA_SOURCES)
@@ -170,6 +180,10 @@ class SageDataModule(L.LightningDataModule):
         ):
             check_range(f"data.{key}", value, low, or_null=optional)
         check_teacher_pool_source(source, teacher_pool)
+        check_range("data.max_lost_train_share", max_lost_train_share, 0.0, 1.0)
+        check_range("data.max_lost_eval_share", max_lost_eval_share, 0.0, 1.0)
+        self.max_lost_train_share, self.max_lost_eval_share = max_lost_train_share, max_lost_eval_share
+        self._lost: tuple[int, int, str | None] = (0, 0, None)  # the latest rollout's lost, asked, first error
         self.data_root = data_root
         self.train_split = canonical_split(train_split)
         self.train_games = train_games
@@ -265,8 +279,9 @@ class SageDataModule(L.LightningDataModule):
         return shard(games, rank, size)
 
     def collect(self, epoch: int, resume: PartialPlay | None = None) -> list[Episode]:
-        """This epoch's episodes from the configured source (failed environment workers left out);
-        ``resume``: the part of this epoch's rollout played before a SIGTERM."""
+        """This epoch's episodes from the configured source; those lost to the environment (a worker died, a
+        step raised) are left out and counted (`_lost`: lost, asked, the first error). ``resume``: the part of
+        this epoch's rollout played before a SIGTERM."""
         self.setup()
         student, teacher, tokenizer = self.student, self.teacher, self.tokenizer
         games = self.epoch_games(epoch)
@@ -284,10 +299,14 @@ class SageDataModule(L.LightningDataModule):
             if teacher is None:
                 raise ValueError("data.source=teacher needs model.teacher")
             episodes = self.player.play(teacher, tokenizer, games, greedy=False, seed=seed, resume=resume)
-            episodes = [ep for ep in episodes if ep.won] if self.teacher_won_only else episodes
         else:
             episodes = self.player.play(student, tokenizer, games, greedy=False, seed=seed, resume=resume)
-        return [ep for ep in episodes if ep.error is None]
+        gone = lost(episodes)  # counted before the won-only filter: a lost episode is never won
+        self._lost = (len(gone), len(episodes), gone[0].error if gone else None)
+        episodes = [ep for ep in episodes if ep.error is None]
+        if self.source == "teacher" and self.teacher_pool is None and self.teacher_won_only:
+            episodes = [ep for ep in episodes if ep.won]
+        return episodes
 
     def _from_teacher_pool(self, epoch: int) -> list[Episode]:
         from sage import teacher_pool
@@ -390,7 +409,24 @@ class SageDataModule(L.LightningDataModule):
             records_io.write_episodes(self._epoch_file, "epoch", episodes)
         if partial is not None:  # the whole rollout is kept now
             kept["partial_file"].unlink(missing_ok=True)
+        self._check_lost(epoch)
         return episodes, 0
+
+    def _check_lost(self, epoch: int) -> None:
+        """Say how many of the epoch's episodes the environment lost (summed over ranks: one decision) and
+        stop past ``max_lost_train_share`` (`sage.envs.lost`), the played ones kept in the epoch file."""
+        n_lost, asked, first = self._lost
+        totals = all_reduce(torch.tensor([float(n_lost), float(asked)], dtype=torch.float64), "sum")
+        n_lost, asked = int(totals[0]), int(totals[1])
+        self._round_stats["episodes_lost"] = float(n_lost)
+        if not n_lost:
+            return
+        say(lost_line(f"rollout epoch {epoch}", n_lost, asked, first))
+        ckpt = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        wrote = f"the {asked - n_lost} played episodes are in {self._epoch_file}" + (
+            f"; the last checkpoint, {ckpt}, resumes from the epoch's start" if ckpt.is_file() else "")
+        check_share(f"the rollout of epoch {epoch}", n_lost, asked, self.max_lost_train_share,
+                    "data.max_lost_train_share", wrote)
 
     # -- evaluation -----------------------------------------------------------------------------------
     def val_dataloader(self) -> list[DataLoader]:
@@ -413,7 +449,11 @@ class SageDataModule(L.LightningDataModule):
         if not games:
             return []
         with self.trainer.precision_plugin.forward_context():
-            return self.player.play(self.student, self.tokenizer, games, greedy=True, label=label)
+            episodes = self.player.play(self.student, self.tokenizer, games, greedy=True, label=label)
+        gone = lost(episodes)  # counted and judged by the evaluation callback, at the split's end
+        if gone:
+            say(lost_line(label, len(gone), len(episodes), gone[0].error))
+        return episodes
 
 
 def balanced(games: list[GameInfo], n: int | None) -> list[GameInfo]:

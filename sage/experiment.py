@@ -39,6 +39,7 @@ from sage.errors import ArgumentParser, UsageError
 from sage.io import write_atomic
 from sage.matrix import Cell, Matrix, MatrixError, cli_args, load_matrix
 from sage.paths import check_writable_dir
+from sage.results import complete
 
 __all__ = ["Cell", "Matrix", "MatrixError", "cli_args", "load_matrix", "fit_command", "validate_command",
            "run"]  # the matrix's names stay importable from here
@@ -189,6 +190,10 @@ def run_one(matrix: Matrix, cell: Cell, seed: int, commit: bool = False) -> str:
     result = d / "validate" / DONE_FILE
     if rc != 0 or not result.is_file():
         print(f"{tag} FAILED in validate (rc={rc}):\n{_tail(d / 'validate.log')}", flush=True)
+        return "failed"
+    if not complete(json.loads(result.read_text())):  # games lost to the environment: no result of this cell
+        print(f"{tag} FAILED in validate: its evaluation is incomplete (games lost to the environment; "
+              f"{result}):\n{_tail(d / 'validate.log')}", flush=True)
         return "failed"
     archive.write_run_info(d, fit_seconds, time.perf_counter() - t1, fit_cmd and recorded(fit_cmd),
                            recorded(val_cmd), head)

@@ -14,13 +14,14 @@ full method minus each of its ablations: a positive admissible difference says t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from sage.eval_games import game_records, kl_by_repeat
 from sage.io import write_atomic
-from sage.results import seed_dirs
+from sage.results import complete, seed_dirs
 
 # figure -> (scale in the table, digits)
 FIGURES = {
@@ -55,8 +56,8 @@ def game_sums(output: str | Path, cell: str) -> tuple[dict[tuple[str, str], dict
     seeds = 0
     for d in seed_dirs(output, cell).values():
         files = sorted(d.glob("eval_games*.jsonl"))
-        if not files or not (d / "eval_results.json").is_file():
-            continue
+        if not files or not (d / "eval_results.json").is_file() or not complete(json.loads((d / "eval_results.json").read_text())):
+            continue  # unfinished, or an evaluation that lost games to the environment
         seeds += 1
         for record in game_records(files):
             row = table.setdefault((record["split"], record["game_id"]), {})

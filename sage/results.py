@@ -61,12 +61,20 @@ def seed_dirs(output: str | Path, cell: str) -> dict[int, Path]:
     return dict(sorted(dirs.items()))
 
 
+def complete(payload: dict) -> bool:
+    """An evaluation that played every game it asked for (files older than the field are complete)."""
+    return payload.get("complete", True) is not False
+
+
 def load_eval_results(output: str | Path, cell: str) -> dict[int, dict]:
-    """seed -> the `eval_results.json` payload, for the seeds that finished."""
+    """seed -> the `eval_results.json` payload, for the seeds that finished with a complete evaluation (one
+    that lost games to the environment is never aggregated: `callbacks.evaluation`)."""
     out = {}
     for seed, d in seed_dirs(output, cell).items():
         if (d / "eval_results.json").is_file():
-            out[seed] = json.loads((d / "eval_results.json").read_text())
+            payload = json.loads((d / "eval_results.json").read_text())
+            if complete(payload):
+                out[seed] = payload
     return out
 
 

@@ -149,6 +149,8 @@ CASES: dict[str, tuple[str | None, str | None]] = {
     "data.samples_per_step": ("x", "0"),
     "data.max_tokens_per_micro_batch": ("x", "0"),
     "data.seed": ("x", "-1"),
+    "data.max_lost_train_share": ("x", "1.5"),
+    "data.max_lost_eval_share": ("x", "-0.1"),
     "ablation.enabled": ("maybe", None),
     "evaluation.print_table": ("maybe", None),
     "evaluation.results_file": (None, "a/b.json"),
