@@ -9,7 +9,10 @@ copy of the last one, twice the disk for the same state.
 `AtomicCheckpointIO` writes a checkpoint to a temporary file in the target folder, syncs it, then renames it
 over the old one: a process killed mid-write (``kill -9``, a full disk) leaves the previous checkpoint
 whole. Lightning's own writer stages the file in the system temp folder and *copies* it over when that is
-another file system, which is not atomic.
+another file system, which is not atomic. It reads a checkpoint (``--ckpt_path``) with
+``torch.load(weights_only=True)``: the student weights, the optimizer state and the loop counters are
+tensors and plain values, so nothing in the file can run code; ``--weights_only false`` lifts that for a
+checkpoint from a trusted source.
 """
 
 from __future__ import annotations
@@ -47,8 +50,46 @@ def atomic_write(path: str | Path, write) -> None:
         ) from exc
 
 
+class CheckpointLoadError(InputError, ValueError):
+    """A checkpoint holding objects that ``torch.load(weights_only=True)`` refuses (it could run code)."""
+
+
+def safe_globals() -> list:
+    """The project's own types a checkpoint may hold beside tensors and plain values (specs that older
+    checkpoints kept in their hyperparameters): loaded with ``weights_only=True`` all the same."""
+    from sage import specs
+
+    return [specs.ModelSpec, specs.LoraSpec]
+
+
+def load_checkpoint_file(path, map_location=None, weights_only: bool | None = None) -> dict:
+    """``torch.load`` of a checkpoint with ``weights_only=True`` (the default; tensors, plain values and
+    `safe_globals` only, so a checkpoint from someone else cannot run code), or ``weights_only=False`` when the
+    user asks for it (``--weights_only false``: the checkpoint is then code, to load only from a trusted
+    source). A refused checkpoint is one line saying so."""
+    import pickle
+
+    import torch
+
+    if weights_only is False:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        why = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        raise CheckpointLoadError(
+            f"checkpoint {str(path)!r} holds objects beyond tensors and plain values ({why or 'see SAGE_TRACEBACK=1'}), "
+            "so it is not loaded: a pickle can run code. If it comes from a source you trust, pass --weights_only "
+            "false") from None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """`TorchCheckpointIO` whose writes are temp-then-rename in the checkpoint's own folder."""
+    """`TorchCheckpointIO` whose writes are temp-then-rename in the checkpoint's own folder, and whose reads
+    are ``weights_only=True`` unless the user says otherwise (`load_checkpoint_file`)."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint_file(path, map_location=map_location, weights_only=weights_only)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         import torch

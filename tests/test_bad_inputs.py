@@ -246,6 +246,31 @@ def test_checkpoint_path_that_is_not_a_checkpoint(tmp_path, monkeypatch, capsys)
                                          "sage/torch.save (not a zip archive)")
 
 
+class RunsCode:
+    """A pickle that runs code when loaded (it makes a folder): what a checkpoint from someone else may hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.makedirs, (str(self.marker),)
+
+
+def test_a_checkpoint_that_would_run_code_is_not_loaded(tmp_path, monkeypatch, capsys):
+    """--ckpt_path is read with torch.load(weights_only=True): a pickle naming a callable is refused in one
+    line, and its code never runs; the line says how to load a trusted one."""
+    import torch
+
+    evil, marker = tmp_path / "evil.ckpt", tmp_path / "pwned"
+    torch.save({"state_dict": {}, "payload": RunsCode(marker)}, evil)
+    code, err = run_sage(sage_args(tmp_path / "out", "--ckpt_path", str(evil), command="validate"), monkeypatch, capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith(
+        f"sage: error: checkpoint {str(evil)!r} holds objects beyond tensors and plain values (")
+    assert "os.makedirs" in err and "so it is not loaded: a pickle can run code" in err
+    assert "If it comes from a source you trust, pass --weights_only false" in err
+    assert not marker.exists()
+
+
 BAD_MATRICES = {
     "not_yaml": "cells: [\n",
     "no_cells": "name: x\nseeds: [0]\n",

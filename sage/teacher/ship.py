@@ -25,12 +25,11 @@ FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 def adapter_from_checkpoint(ckpt: Path, out: Path) -> None:
     """Rebuild the LoRA student of a training checkpoint and save its adapter."""
-    import torch
-
+    from sage.checkpointing import load_checkpoint_file
     from sage.models import load_model
     from sage.specs import LoraSpec, ModelSpec
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint_file(ckpt, map_location="cpu")  # weights_only=True: a checkpoint runs no code
     spec = state["hyper_parameters"]["student"]
     if not isinstance(spec, ModelSpec):
         spec = ModelSpec(**{**spec, "lora": LoraSpec(**spec["lora"]) if spec.get("lora") else None})
