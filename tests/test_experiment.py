@@ -59,6 +59,8 @@ elif argv[0] == "fit":
 else:
     res = {"success": {"seen": {"overall": s}, "unseen": {"overall": s / 2}},
            "turn_rates": {"seen": {"reverse_kl": 0.25 + s}}}
+    if any(c in d for c in os.environ.get("FAKE_INCOMPLETE", "?").split(",")):  # games lost, within the share
+        res["complete"] = False
     write("eval_results.json", json.dumps(res))
     write("eval_games.jsonl", '{"won": true}\n')
 """
@@ -281,6 +283,21 @@ def test_cpu_v2_cells_share_one_budget(monkeypatch, capsys):
     assert set(budgets) >= {"sft_expert", "sft_teacher", "opd", "gkd_jsd", "sage_opd", "sage_no_gate",
                             "sage_no_confidence", "sage_no_norm"}
     assert len(set(budgets.values())) == 1, budgets  # 8 episodes per epoch everywhere (the pool's: drawn)
+
+
+def test_an_incomplete_evaluation_fails_the_run_and_is_not_aggregated(fake, capsys, monkeypatch):
+    """A validate that lost games to the environment but exited 0 (data.max_lost_eval_share allowed it):
+    the run is no result of its cell, so it is not marked done, the tables leave it out, a rerun redoes it."""
+    out = fake.parent / "out"
+    monkeypatch.setenv("FAKE_INCOMPLETE", "zero_shot/seed_2")
+    assert run(["--matrix", str(fake), "--only", "zero_shot"]) == 1
+    log = capsys.readouterr().out
+    assert "[zero_shot/seed_2] FAILED in validate: its evaluation is incomplete" in log
+    assert not (out / "runs/zero_shot/seed_2/eval_results.json").exists()
+    assert "| zero-shot student | 1 | 25.0 |" in (out / "results.md").read_text()
+    monkeypatch.delenv("FAKE_INCOMPLETE")
+    assert run(["--matrix", str(fake), "--only", "zero_shot"]) == 0
+    assert "| zero-shot student | 2 | 37.5 ± 17.7 |" in (out / "results.md").read_text()
 
 
 def test_a_killed_fit_resumes_from_its_checkpoint_and_logs_as_if_uninterrupted(fake, monkeypatch, capsys):

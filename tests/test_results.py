@@ -337,3 +337,13 @@ def test_learning_curves_against_cumulative_turns(tmp_path):
     pngs = make_turn_curves(root, ["student_start", "opd"], {}, fitted=["opd"], start_cell="student_start")
     assert [p.name for p in pngs] == ["curves_vs_turns.png"]
     assert make_turn_curves(root, ["student_start"], {}, fitted=[], start_cell="student_start") == []
+
+
+def test_an_incomplete_evaluation_is_never_aggregated(out):
+    """A seed whose evaluation lost games to the environment (`complete: false`) is in no table: a study
+    would otherwise record its figures over the played games (or a 0 % over none) as the cell's."""
+    lost = {**payload(0.0, 0.0), "complete": False, "episodes": {"seen": {"asked": 4, "played": 0, "lost": 4}}}
+    write_run(out, "opd", 2, lost)
+    assert sorted(load_eval_results(out, "opd")) == [0, 1]
+    rows = write_results(out, ["opd"])
+    assert rows[0]["seeds"] == 2 and rows[0]["seen/overall/mean"] == 0.5
