@@ -18,6 +18,7 @@ GateMode = Literal["teacher_judge", "always", "feedback_rule"]
 JudgeScoring = Literal["auto", "first_token", "full"]
 ConfidenceKind = Literal["max_prob", "neg_entropy", "none"]
 ContextMode = Literal["window", "transcript"]
+RolloutEngine = Literal["hf", "vllm"]
 Objective = Literal["distill", "sft"]
 DataSource = Literal["on_policy", "expert", "teacher", "dagger"]
 Init = Literal["pretrained", "random"]
@@ -29,6 +30,7 @@ GATE_MODES: tuple[str, ...] = get_args(GateMode)
 JUDGE_SCORINGS: tuple[str, ...] = get_args(JudgeScoring)
 CONFIDENCE_KINDS: tuple[str, ...] = get_args(ConfidenceKind)
 CONTEXT_MODES: tuple[str, ...] = get_args(ContextMode)
+ROLLOUT_ENGINES: tuple[str, ...] = get_args(RolloutEngine)
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 DATA_SOURCES: tuple[str, ...] = get_args(DataSource)
 INITS: tuple[str, ...] = get_args(Init)
@@ -226,9 +228,18 @@ class RolloutSpec:
     """Longest prompt + response: window mode shortens then truncates, transcript mode ends the episode."""
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra chat-template arguments for the student's prompts, e.g. {enable_thinking: false} (Qwen3)."""
+    engine: RolloutEngine = "hf"
+    """What generates every rollout (training, evaluation, teacher pool, DAgger rounds): hf (the project's
+    own engine, the exact reference) or vllm (a colocated `vllm.LLM`, weights synced before each rollout;
+    needs `pip install -e ".[vllm]"`)."""
 
     def __post_init__(self) -> None:
         check_choice("data.rollout.context_mode", self.context_mode, CONTEXT_MODES)
+        check_choice("data.rollout.engine", self.engine, ROLLOUT_ENGINES)
+        if self.engine == "vllm":
+            from sage.rollout.engines import require_vllm
+
+            require_vllm("data.rollout.engine")
         check_range("data.rollout.window_history", self.window_history, 0)
         check_temperature(self.temperature, "data.rollout.temperature")
         check_range("data.rollout.top_p", self.top_p, 0.0, 1.0, low_open=True)

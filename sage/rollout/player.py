@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from sage.envs import EnvPool, GameInfo, PromptBuilder
 from sage.preemption import Preempted
 from sage.progress import Phase
-from sage.rollout.generation import GenerationStats, HFGenerator
+from sage.rollout.engines import make_generator
+from sage.rollout.generation import GenerationStats
 from sage.rollout.loop import PartialRollout, RolloutStopped, rollout
 from sage.rollout.records import Episode
 from sage.specs import RolloutSpec
@@ -55,7 +56,7 @@ class Player:
         ``resume``: a `PartialPlay` of these games, continued where it stopped."""
         was_training = policy.training
         policy.eval()
-        gen = HFGenerator(policy, tokenizer, seed=seed)
+        gen = make_generator(self.spec.engine, policy, tokenizer, seed=seed, max_model_len=self.spec.max_context_tokens)
         self.stats = gen.stats
         size = self.batch or max(1, len(games))
         streams = -(-len(games) // size)

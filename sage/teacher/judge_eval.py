@@ -33,7 +33,7 @@ from sage.distill.judge import TeacherJudge
 from sage.distill.judge_prompt import JudgePrompt
 from sage.envs import EnvPool, PromptBuilder, PromptTemplate, find_games, panel_games
 from sage.models import load_model, load_tokenizer
-from sage.rollout.generation import HFGenerator
+from sage.rollout.engines import make_generator
 from sage.rollout.loop import rollout
 from sage.specs import GateSpec, RolloutSpec
 from sage.teacher.labels import offline_labels
@@ -63,7 +63,8 @@ def play(model, tokenizer, games, policy: str, cfg: dict, seed: int, max_turns: 
     prompt = PromptBuilder(PromptTemplate(**(data.get("prompt") or {})))
     with EnvPool(workers, max_steps=max_turns, expert=True) as pool:
         peek = PeekPool(pool)
-        gen = HFGenerator(model, tokenizer, seed=seed) if POLICIES[policy].model > 0 else None
+        gen = (make_generator(spec.engine, model, tokenizer, seed=seed, max_model_len=spec.max_context_tokens)
+               if POLICIES[policy].model > 0 else None)
         mix_policy = ExpertMixPolicy(peek, tokenizer, POLICIES[policy], prompt.template.expert_answer, seed, gen)
         return rollout(mix_policy, peek, games, prompt, tokenizer, spec, greedy=False)
 

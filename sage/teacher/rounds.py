@@ -21,7 +21,7 @@ import torch
 
 from sage.envs import GameInfo, PromptBuilder
 from sage.progress import Phase
-from sage.rollout.generation import HFGenerator
+from sage.rollout.engines import make_generator
 from sage.rollout.loop import rollout
 from sage.rollout.records import Episode, Turn
 from sage.teacher.labels import offline_labels
@@ -91,7 +91,8 @@ def collect_round(*, games: list[GameInfo], pool, prompt: PromptBuilder, tokeniz
     peek = PeekPool(pool)
     gen = None
     if mix.model > 0:
-        gen = HFGenerator(playing_copy(model), tokenizer, seed=seed)
+        gen = make_generator(rollout_spec.engine, playing_copy(model), tokenizer, seed=seed,
+                             max_model_len=rollout_spec.max_context_tokens)
     size = batch or max(1, len(games))
     played: list[Episode] = []
     sources: Counter = Counter()
