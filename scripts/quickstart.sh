@@ -3,7 +3,8 @@
 # bundled games (configs/quickstart.yaml) and evaluate the trained student on valid_seen and valid_unseen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# the quickstart plays with the default hf engine: vLLM (minutes of download) is left out unless SAGE_VLLM is set
+SAGE_VLLM=${SAGE_VLLM:-0} bash scripts/setup.sh
 venv=${SAGE_VENV:-.venv}
 # 1. warm the 6-layer student up on the bundled walkthroughs (once), so that it answers in the format
 [ -f runs/quickstart_warmup/model/config.json ] || "$venv/bin/sage" fit --config configs/quickstart_warmup.yaml

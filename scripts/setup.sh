@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 venv=${SAGE_VENV:-.venv}
 [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
 stamp="$venv/.sage-setup"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$( (cat pyproject.toml scripts/setup.sh; echo "SAGE_VLLM=${SAGE_VLLM:-auto}") | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
   "${pip[@]}" "${TORCH_SPEC:-torch==2.13.0}"
