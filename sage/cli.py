@@ -38,7 +38,6 @@ from sage.data import SageDataModule
 from sage.envs.games import drop_empty_alfworld_data
 from sage.envs.lost import EXIT_CODE as LOST_EXIT_CODE
 from sage.envs.lost import EpisodesLostError
-from sage.envs.probe import probe_environment
 from sage.errors import InputError
 from sage.module import SageModule
 from sage.progress import TrainSummary, interactive
@@ -98,7 +97,12 @@ class SageCLI(LightningCLI):
         """The trainer's bar is tqdm's, like the bars of the phases outside its loop (rollout, judge,
         teacher, evaluation: `sage.progress`). Lightning would pick its rich bar whenever `rich` is
         installed, and rich's live display takes over stdout, which hides the terminal from those
-        bars. A progress bar named in the config, or ``enable_progress_bar: false``, is kept as is."""
+        bars. A progress bar named in the config, or ``enable_progress_bar: false``, is kept as is.
+
+        First, for `fit` and `validate` (not when the CLI only builds the classes), the environment probe:
+        the DataModule is built and its settings checked, no model is loaded and no run folder made yet."""
+        if self.subcommand in ("fit", "validate") and isinstance(self.datamodule, SageDataModule):
+            self.datamodule.probe_environment(self.subcommand)  # sage.envs.probe
         trainer = self.config_init.get(str(self.subcommand), self.config_init).get("trainer") or {}
         configured = trainer.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
@@ -149,9 +153,8 @@ class SageCLI(LightningCLI):
         (a no-op here) is the only way; re-check it when upgrading Lightning."""
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse, then check every setting (`sage.settings.check_config`), the ALFWorld data and the
-        environment (one worker resets one game: `sage.envs.probe`) before anything else runs or prints: a
-        missing or empty data root or split, or an environment that cannot start, fails in seconds, before
+        """Parse, then check every setting (`sage.settings.check_config`) and the ALFWorld data before
+        anything else runs or prints: a missing or empty data root or split fails in seconds, before
         anything is written, instead of after the models load."""
         from sage.envs import find_games
 
@@ -171,21 +174,14 @@ class SageCLI(LightningCLI):
             splits.append(data.get("train_split") or "train")
         for split in dict.fromkeys(splits):
             find_games(split, data.get("data_root"), limit=1)
-        if subcommand in ("fit", "validate"):  # not when the CLI only builds the classes (run=False)
-            self._probe_pool = probe_environment(data, subcommand)
 
     def instantiate_classes(self) -> None:
-        pool, self._probe_pool = getattr(self, "_probe_pool", None), None
         try:
             super().instantiate_classes()
         except Exception as exc:
-            if pool is not None:
-                pool.close()
             if refused(exc):  # a value the classes refuse: the user's config, not a bug
                 exc.sage_config_error = True
             raise
-        if pool is not None:
-            self.datamodule.adopt_pool(pool)  # the probe's worker plays on
 
 
 def _base_config_kwargs(run: bool) -> dict:

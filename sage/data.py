@@ -233,10 +233,19 @@ class SageDataModule(L.LightningDataModule):
     def split_key(self, index: int) -> str:
         return split_key(self.val_splits[index])
 
-    def adopt_pool(self, pool: EnvPool) -> None:
-        """Play with ``pool`` and close it at teardown: the CLI's start-up probe started it (`sage.envs.probe`)
-        with this DataModule's worker count, turn limit and expert tracking."""
-        self.pool, self._own_pool = pool, True
+    def probe_environment(self, stage: str) -> None:
+        """Start the environment pool now, its first worker resetting the first game of the stage's first
+        split (`sage.envs.probe`): an environment that cannot start stops the run in seconds, before any model
+        loads. The CLI calls it; the pool is then the one the run plays with. One assigned from outside is
+        left alone."""
+        from sage.envs.probe import started_pool
+
+        if self.pool is not None:
+            return
+        split = self.train_split if stage == "fit" else self.val_splits[0]
+        (game,) = find_games(split, self.data_root, limit=1)
+        self.pool = started_pool(game, self.data_root, self.env_workers, self.max_turns, self.track_expert)
+        self._own_pool = True
 
     def setup(self, stage: str | None = None) -> None:
         """Start the environment workers once; a pool assigned from outside (tests, notebooks) is

@@ -4,15 +4,16 @@ Why: when the environment layer cannot start (alfworld failing at import because
 folder it cannot make, a broken install), every worker dies, and a run used to go on with no game played:
 `sage validate` printed a table of 0.0 % and `sage fit` trained nothing, both with exit code 0. The probe
 finds it in seconds and stops the run with one line naming the cause, the data root and $ALFWORLD_DATA
-(`EnvironmentStartError`, exit code 2). Its pool is the one the run then plays with (`SageDataModule`), so
-the worker it starts is not started twice.
+(`EnvironmentStartError`, exit code 2). `SageDataModule.probe_environment` runs it once the settings are
+checked, before the trainer and the models exist; its pool is the one the run then plays with, so the worker
+it starts is not started twice.
 """
 
 from __future__ import annotations
 
 import os
 
-from sage.envs.games import GameInfo, GameLoadError, canonical_split, find_games, resolve_data_root
+from sage.envs.games import GameInfo, GameLoadError, resolve_data_root
 from sage.envs.pool import EnvPool
 from sage.errors import InputError
 
@@ -43,15 +44,3 @@ def started_pool(game: GameInfo, data_root: str | None, num_workers: int, max_st
         f"(data root {str(resolve_data_root(data_root))!r}, $ALFWORLD_DATA={os.environ.get('ALFWORLD_DATA')!r}); "
         "nothing was loaded or written")
 
-
-def probe_environment(data, subcommand: str) -> EnvPool:
-    """The probe for a parsed ``data`` section: the first game of the training split (``fit``) or of the
-    first evaluation split, with the DataModule's worker count, turn limit and expert tracking."""
-    def get(key, default):
-        value = data.get(key) if hasattr(data, "get") else getattr(data, key, None)
-        return default if value is None else value
-
-    split = get("train_split", "train") if subcommand == "fit" else (get("val_splits", None) or ["valid_seen"])[0]
-    (game,) = find_games(canonical_split(split), get("data_root", None), limit=1)
-    expert = bool(get("track_expert", False)) or get("source", "on_policy") == "dagger"
-    return started_pool(game, get("data_root", None), int(get("env_workers", 2)), int(get("max_turns", 50)), expert)
