@@ -12,6 +12,7 @@ run to max_new_tokens: the worst case), never for success rates.
     python benchmarks/paper_scale.py --device cpu --scale tiny                 # smoke test, minutes on a CPU
     python benchmarks/paper_scale.py --device cuda --scale paper --family qwen2.5
     python benchmarks/paper_scale.py --device cpu --scale tiny --estimate h100 # + an H100 estimate (counted)
+    python benchmarks/paper_scale.py --device cuda --scale paper --engine all  # each installed rollout engine
 The last line is one JSON object with the figures.
 """
 
@@ -177,7 +178,8 @@ def run_slice(args, family: dict, tok_dir: Path, work: Path, counter: Counter):
     dm = SageDataModule(
         train_games=args.games, max_turns=args.turns, env_workers=args.workers, samples_per_step=args.samples_per_step,
         max_tokens_per_micro_batch=args.micro_tokens,
-        rollout=RolloutSpec(context_mode=args.mode, max_new_tokens=args.max_new_tokens, max_context_tokens=4096),
+        rollout=RolloutSpec(context_mode=args.mode, max_new_tokens=args.max_new_tokens, max_context_tokens=4096,
+                            engine=args.engine),
     )
     pool = find_games("train") + find_games("valid_seen") + find_games("valid_unseen")
     games = (pool * (args.games // len(pool) + 1))[: args.games]  # real games, repeated past the bundled 72
@@ -231,7 +233,21 @@ def main() -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the offline SmolLM2 one)")
     p.add_argument("--estimate", choices=sorted(DEVICES), default=None,
                    help="also estimate one paper epoch at paper shapes on this device from the counted work")
+    p.add_argument("--engine", default="hf",
+                   help="rollout engine: hf, vllm, or all (one run per installed engine, each its own process)")
     args = p.parse_args()
+    if args.engine == "all":  # each engine in a fresh process: one's memory and threads never touch the other's
+        import subprocess
+        import sys
+
+        from sage.rollout.engines import vllm_installed
+
+        for engine in ["hf", "vllm"] if vllm_installed() else ["hf"]:
+            print(f"\n=== engine {engine} ===", flush=True)
+            subprocess.run([sys.executable, *sys.argv, "--engine", engine], check=True)
+        return
+    if args.engine not in ("hf", "vllm"):
+        p.error(f"--engine={args.engine!r}: allowed hf, vllm, all")
     args.max_new_tokens = args.max_new_tokens or (32 if args.scale == "tiny" else 256)
     args.precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
     family = ARCHS[args.family]
@@ -240,6 +256,10 @@ def main() -> None:
     in_phase(TeacherJudge, "judge", "judge")
     in_phase(TeacherScorer, "_score", "score")
     in_phase(HFGenerator, "generate", "rollout")
+    if args.engine == "vllm":
+        from sage.rollout.vllm_engine import VLLMGenerator
+
+        in_phase(VLLMGenerator, "generate", "rollout")
     in_phase(SageModule, "training_step", "train")
     env_clock: dict[str, float] = {}
     timed(EnvPool, "step", env_clock)
@@ -302,6 +322,7 @@ def main() -> None:
         "teacher_tokens_per_response_token": round(passes + teacher_train_tokens / max(trained, 1), 3),
         "peak_memory_gb": round(peak_memory_gb(args.device), 2),
         "epoch_minutes_estimate": round(estimate, 2),
+        "engine": args.engine,
     }
     if args.estimate:
         probe_dir = Path(tempfile.mkdtemp(prefix="sage-depth-probe-"))
