@@ -3,6 +3,7 @@ one-time conversion of a file an older sage pickled."""
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 
@@ -85,3 +86,10 @@ def test_an_old_pickle_is_refused_unread_then_converted_once(tmp_path, monkeypat
     records_io.main([str(old)])
     assert records_io.converted(old) == tmp_path / "epoch_002.jsonl"
     assert records_io.read_episodes(records_io.converted(old), "epoch")[1] == episodes()
+
+
+@pytest.mark.parametrize("state", [torch.tensor([12345678901], dtype=torch.long), None, 7])
+def test_other_sampler_states_round_trip(state):
+    """A generation engine's state may be another tensor (vLLM's call count, int64), none, or plain JSON."""
+    back = records_io.decode_state(json.loads(json.dumps(records_io.encode_state(state))))
+    assert torch.equal(back, state) and back.dtype == state.dtype if isinstance(state, torch.Tensor) else back == state
