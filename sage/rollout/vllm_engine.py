@@ -89,9 +89,12 @@ class _Engine:
         kwargs = dict(model=self.folder, tokenizer=self.folder, dtype=dtype, load_format="dummy", seed=0,
                       max_model_len=max_model_len, enable_prefix_caching=True, logprobs_mode="processed_logprobs",
                       generation_config="vllm")
-        if on_cpu:  # a fixed KV budget (vLLM's default reserves most of the RAM); eager: no compile at start
+        if on_cpu:  # a fixed KV budget (vLLM's default reserves most of the RAM); eager: no compile at start.
+            # No chunked prefill: a seeded request whose prompt is split over steps makes vLLM 0.32 rewind its
+            # torch.Generator, which a CPU generator cannot ("CPU Generator does not use offset").
             kwargs.update(kv_cache_memory_bytes=int(os.environ.get("SAGE_VLLM_KV_CACHE_MB", "1024")) * 2**20,
-                          enforce_eager=True)
+                          enforce_eager=True, enable_chunked_prefill=False,
+                          max_num_batched_tokens=max(max_model_len, 8192))
         else:
             kwargs.update(gpu_memory_utilization=float(os.environ.get("SAGE_VLLM_GPU_MEMORY", "0.3")))
         # vLLM's CPU worker replaces torch.set_num_threads process-wide and may lower the thread count for
