@@ -1,4 +1,5 @@
-"""Rollout throughput: our batched loop (window and transcript modes) vs a plain per-game loop.
+"""Rollout throughput: our batched loop (window and transcript modes) vs a plain per-game loop, with each
+installed rollout engine (hf: `HFGenerator`; vllm: the colocated `vllm.LLM`, `sage.rollout.vllm_engine`).
 
 Every game plays exactly `--turns` turns (the environment's step limit), so all three variants do the
 same amount of work; they run one after another in this process and are printed side by side as
@@ -9,6 +10,9 @@ the memory traffic of decode steps (weights + attended keys/values) against a co
 
     python benchmarks/rollout.py --games 16 --turns 4 --model smollm2-135m-instruct --layers 6
     python benchmarks/rollout.py --games 16 --turns 12 --precision bf16-mixed
+    python benchmarks/rollout.py --games 16 --turns 4 --engines hf,vllm --skip-plain   # the engines side by side
+The vllm engine is started (and given the weights) before its rows are timed; it samples with its own
+random stream, so its responses (and token counts) differ: compare turns/s and generated tokens/s.
 The last line is one JSON object with the figures (compare runs with it).
 """
 
@@ -26,7 +30,7 @@ from counting import Shape, matmul_probe
 from sage.envs import EnvPool, PromptBuilder, find_games, parse_action
 from sage.models import ModelSpec, load_model, load_tokenizer
 from sage.rollout.chat import ChatCodec
-from sage.rollout.generation import HFGenerator
+from sage.rollout.engines import make_generator, vllm_installed
 from sage.rollout.loop import rollout
 from sage.specs import RolloutSpec
 
@@ -83,9 +87,9 @@ def bandwidth_probe(mb: int = 512, repeats: int = 8) -> float:
     return 2 * a.numel() * 4 * repeats / (time.perf_counter() - t) / 1e9
 
 
-def ours(mode, model, tok, pool, games, args, ctx):
+def ours(mode, model, tok, pool, games, args, ctx, engine="hf"):
     cfg = RolloutSpec(context_mode=mode, max_new_tokens=args.max_new_tokens, max_context_tokens=8192)
-    inner = HFGenerator(model, tok, seed=0)
+    inner = make_generator(engine, model, tok, seed=0, max_model_len=cfg.max_context_tokens)
     gen = Timed(inner, ["generate"])
     env = Timed(pool, ["reset", "step"])
     t = time.perf_counter()
@@ -98,10 +102,13 @@ def ours(mode, model, tok, pool, games, args, ctx):
     else:
         scored = sum(len(e.sequence_ids) for e in eps)
     stats = inner.stats.as_dict()
-    return {"turns": turns, "seconds": total, "gen": gen.seconds, "env": env.seconds,
-            "scored_tokens_per_episode": scored / len(eps), "stats": stats,
-            "gflops": flops(model.config, stats) / gen.seconds / 1e9,
-            "decode_gbps": decode_bytes(model.config, stats, args.elem) / stats["decode_seconds"] / 1e9}
+    row = {"turns": turns, "seconds": total, "gen": gen.seconds, "env": env.seconds,
+           "scored_tokens_per_episode": scored / len(eps), "stats": stats,
+           "tokens_per_s": stats["generated_tokens"] / total}
+    if engine == "hf":  # counted work: only the hf engine counts its prefill/decode positions
+        row["gflops"] = flops(model.config, stats) / gen.seconds / 1e9
+        row["decode_gbps"] = decode_bytes(model.config, stats, args.elem) / stats["decode_seconds"] / 1e9
+    return row
 
 
 @torch.no_grad()
@@ -153,7 +160,13 @@ def main() -> None:
                    help="32-true: fp32; bf16-mixed: fp32 weights under bf16 autocast (the trainer's "
                         "bf16-mixed); bf16-true: bf16 weights")
     p.add_argument("--skip-plain", action="store_true", help="leave out the per-game baseline (ratios then absent)")
+    p.add_argument("--engines", default="auto",
+                   help="comma-separated rollout engines to time (hf, vllm); auto: hf, and vllm when installed")
     args = p.parse_args()
+    engines = ["hf", "vllm"] if args.engines == "auto" and vllm_installed() else (
+        ["hf"] if args.engines == "auto" else args.engines.split(","))
+    if "hf" not in engines or any(e not in ("hf", "vllm") for e in engines):
+        p.error(f"--engines={args.engines!r}: a comma-separated list of hf and vllm that includes hf")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype, autocast = PRECISIONS[args.precision]
@@ -178,17 +191,37 @@ def main() -> None:
             rows["plain per-game generate"] = plain(model, tok, pool, games, args, ctx)
         rows["ours, window"] = ours("window", model, tok, pool, games, args, ctx)
         rows["ours, transcript"] = ours("transcript", model, tok, pool, games, args, ctx)
+        if "vllm" in engines:
+            t = time.perf_counter()
+            make_generator("vllm", model, tok, max_model_len=8192)  # start the engine outside the timed rows
+            started = time.perf_counter() - t
+            rows["vllm, window"] = ours("window", model, tok, pool, games, args, ctx, engine="vllm")
+            rows["vllm, transcript"] = ours("transcript", model, tok, pool, games, args, ctx, engine="vllm")
     base = rows["plain per-game generate"]["turns"] / rows["plain per-game generate"]["seconds"] if not args.skip_plain else None
-    print(f"\n{'variant':<26}{'turns':>7}{'s':>9}{'turns/s':>10}{'x plain':>9}{'gen %':>8}{'env %':>8}"
-          f"{'GFLOP/s':>9}{'of probe':>10}{'teacher tokens/episode':>24}")
+    hf_tps = {m: rows[f"ours, {m}"]["turns"] / rows[f"ours, {m}"]["seconds"] for m in ("window", "transcript")}
+    print(f"\n{'variant':<26}{'turns':>7}{'s':>9}{'turns/s':>10}{'x plain':>9}{'x hf':>7}{'tokens/s':>10}{'gen %':>8}"
+          f"{'env %':>8}{'GFLOP/s':>9}{'of probe':>10}{'teacher tokens/episode':>24}")
     for name, r in rows.items():
         tps = r["turns"] / r["seconds"]
         ratio = f"{tps / base:>9.2f}" if base else f"{'-':>9}"
+        mode = name.split(", ")[-1]
+        vs_hf = f"{tps / hf_tps[mode]:>7.2f}" if mode in hf_tps else f"{'-':>7}"
+        tok_s = f"{r['tokens_per_s']:>10.1f}" if "tokens_per_s" in r else f"{'-':>10}"
         gf = r.get("gflops")
         gfs = f"{gf:>9.1f}{gf / probe:>10.2f}" if gf else f"{'-':>9}{'-':>10}"
-        print(f"{name:<26}{r['turns']:>7}{r['seconds']:>9.1f}{tps:>10.2f}{ratio}"
+        print(f"{name:<26}{r['turns']:>7}{r['seconds']:>9.1f}{tps:>10.2f}{ratio}{vs_hf}{tok_s}"
               f"{100 * r['gen'] / r['seconds']:>8.0f}{100 * r['env'] / r['seconds']:>8.0f}{gfs}"
               f"{r['scored_tokens_per_episode']:>24.0f}")
+    engine_figures = {}
+    for name, r in rows.items():
+        if name.startswith(("ours", "vllm")):
+            key = name.replace("ours", "hf").replace(", ", "_")
+            engine_figures[f"{key}_turns_per_s"] = round(r["turns"] / r["seconds"], 3)
+            engine_figures[f"{key}_tokens_per_s"] = round(r["tokens_per_s"], 1)
+    if "vllm" in engines:
+        engine_figures["vllm_start_s"] = round(started, 1)
+        for m in ("window", "transcript"):
+            engine_figures[f"vllm_x_hf_{m}"] = round(engine_figures[f"vllm_{m}_turns_per_s"] / hf_tps[m], 3)
     ours_rows = [rows["ours, window"], rows["ours, transcript"]]
     st = [r["stats"] for r in ours_rows]
     total_flops = sum(flops(model.config, s) for s in st)
@@ -220,6 +253,7 @@ def main() -> None:
         "transcript_flops_over_window": round(flops(model.config, st[1]) / flops(model.config, st[0]), 3),
         "transcript_flops_over_window_qwen2.5_1.5b": round(flops(QWEN25_15B, st[1]) / flops(QWEN25_15B, st[0]), 3),
         "threads": torch.get_num_threads(),
+        **engine_figures,
     }
     print(f"\nhost bytes per decode step {figures['host_bytes_per_decode_step']} (<= 64 x {len(games)} games = "
           f"{64 * len(games)}), decode row-steps per generated token {figures['decode_row_steps_per_token']}, "
