@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from callbacks.episode_log import episode_record  # noqa: E402
 from sage.models import load_tokenizer  # noqa: E402
 from sage.rollout.records import Episode, Turn  # noqa: E402
-from sage.view import build_html  # noqa: E402
+from sage.study.view import build_html  # noqa: E402
 
 PLACES = ["cabinet", "countertop", "drawer", "shelf", "sinkbasin", "stoveburner", "fridge", "microwave",
           "garbagecan", "coffeemachine", "diningtable", "toaster"]

@@ -37,11 +37,13 @@ from torchmetrics import MeanMetric, SumMetric
 from sage.envs import TASK_TYPES
 from sage.envs.lost import check_share
 from sage.io import write_atomic
-from sage.results import TURN_RATES
 from sage.rollout.records import admissible_flags, repeat_flags
 
 RATE_ROWS = {"admissible_rate": "admissible actions (turns)", "format_rate": "parsed answers (turns)",
              "repeat_rate": "repeated actions (turns)", "reverse_kl": "reverse KL, nats/token (tokens)"}
+# turn-level figures of eval_results.json "turn_rates", read back by the study tools (sage.study.results):
+# reverse_kl is a token mean (nats, null without a teacher), the others fractions of turns.
+TURN_RATES = tuple(RATE_ROWS)
 COUNT_OF = {"reverse_kl": "kl_tokens"}  # a turn rate's count in "turn_rates" when it is not "turns"
 LOST_KEYS = ("asked", "lost")  # per split: games asked for, games lost to the environment
 
@@ -78,7 +80,7 @@ def format_table(results: dict[str, dict[str, float]], counts: dict[str, dict[st
 
 
 def game_record(split: str, ep) -> dict:
-    """One game's record, per turn where a rate needs it, so that `sage.eval_games.summarize` recomputes
+    """One game's record, per turn where a rate needs it, so that `sage.study.eval_games.summarize` recomputes
     every figure at any shorter turn limit. ``kl``/``kl_tokens`` are null when no teacher scored the game;
     ``actions`` are the commands the student sent ("" for an unparsed answer), to read what it did."""
     scored = bool(ep.turns) and all(t.eval_kl is not None for t in ep.turns)

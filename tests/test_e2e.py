@@ -14,9 +14,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sage.cli import cli
 from sage.envs import split_key
-from sage.eval_games import summarize
 from sage.models import load_model
 from sage.specs import ModelSpec
+from sage.study.eval_games import summarize
 from tests.helpers import assert_float32_close
 
 ROOT = Path(__file__).resolve().parents[1]

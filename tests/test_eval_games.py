@@ -1,4 +1,4 @@
-"""`python -m sage.eval_games`: figures re-computed from per-game records, on a subset of the games."""
+"""`python -m sage.study.eval_games`: figures re-computed from per-game records, on a subset of the games."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sage.eval_games import main
+from sage.study.eval_games import main
 
 
 def record(split: str, game: str, won: bool, admissible: list[int]) -> dict:

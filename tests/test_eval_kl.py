@@ -1,5 +1,5 @@
 """Evaluation diagnostics: the per-turn reverse KL to the teacher and the repeat flags, from the batched
-scorer to the callback's records and `sage.eval_games.summarize`, on real bundled games."""
+scorer to the callback's records and `sage.study.eval_games.summarize`, on real bundled games."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from callbacks.evaluation import game_record
 from sage.cli import cli
 from sage.distill.eval_kl import turn_kl
 from sage.envs import PromptBuilder, find_games, split_key
-from sage.eval_games import summarize
 from sage.models import SMOLLM2_VOCAB
 from sage.rollout.generation import HFGenerator
 from sage.rollout.loop import rollout
 from sage.specs import RolloutSpec
+from sage.study.eval_games import summarize
 from tests.helpers import (
     assert_equal_up_to_float64_rounding,
     make_episode,

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sage import experiment
 from sage.errors import UsageError
-from sage.experiment import cli_args, fit_command, load_matrix, run, validate_command
+from sage.study import experiment
+from sage.study.experiment import cli_args, fit_command, load_matrix, run, validate_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -335,7 +335,7 @@ def test_a_killed_fit_resumes_from_its_checkpoint_and_logs_as_if_uninterrupted(f
 def test_a_run_dir_from_before_attempts_were_recorded_counts_its_fit_files_time_span(tmp_path):
     """A fit started by an older runner has no attempts.json: its time is its fit files' span, not the
     later killed validate's."""
-    from sage import run_resume
+    from sage.study import run_resume
 
     for name, t in (("config.yaml", 100), ("checkpoints/last.ckpt", 200), ("validate.log", 900),
                     ("validate/metrics.csv", 950)):
@@ -349,7 +349,7 @@ def test_a_run_dir_from_before_attempts_were_recorded_counts_its_fit_files_time_
 
 
 def test_newest_checkpoint(tmp_path):
-    from sage.experiment import newest_checkpoint
+    from sage.study.experiment import newest_checkpoint
 
     assert newest_checkpoint(tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
@@ -553,7 +553,7 @@ def test_commit_waits_out_a_held_index_lock(kept, plain_git):
     because the other held git's index.lock at that moment."""
     import threading
 
-    from sage import archive
+    from sage.study import archive
 
     git("init", "-q")
     lock = Path(".git/index.lock")

@@ -1,4 +1,4 @@
-"""Paired differences on the same games (`sage.paired`): the estimate is the table's ratio difference on the
+"""Paired differences on the same games (`sage.study.paired`): the estimate is the table's ratio difference on the
 common games, pooled over seeds; the interval brackets it, is 0 wide for identical cells, and re-renders
 to the same bytes."""
 
@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from sage.paired import paired_difference, paired_rows, write_paired
+from sage.study.paired import paired_difference, paired_rows, write_paired
 
 
 def record(split: str, game: str, won: bool, admissible: list[int], kl: float | None = None) -> dict:

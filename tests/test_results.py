@@ -9,7 +9,7 @@ import math
 import pytest
 
 from sage.envs import TASK_TYPES
-from sage.results import (
+from sage.study.results import (
     aggregate,
     load_eval_results,
     mean_std,
@@ -140,7 +140,7 @@ def test_epoch_metrics_and_epochs_csv(out):
 
 
 def test_make_plots_from_hand_made_files(out):
-    from sage.plots import make_plots
+    from sage.study.plots import make_plots
 
     d = out / "runs" / "sage_opd" / "seed_0"
     for e, (skip, conf) in enumerate([(0.5, 0.6), (0.25, 0.7)]):
@@ -186,7 +186,7 @@ def test_make_plots_from_hand_made_files(out):
 
 def test_final_values_per_seed(out):
     """The final-metrics plot gets every finished seed's value (not a mean), and nothing for missing rates."""
-    from sage.plots import final_values
+    from sage.study.plots import final_values
 
     opd = final_values(out, "opd")
     assert opd["success"] == {"seen": [0.25, 0.75], "unseen": [0.5, 0.25]}
@@ -198,7 +198,7 @@ def test_final_values_per_seed(out):
 
 
 def test_gate_plot_keeps_only_cells_with_a_gate_or_confidence():
-    from sage.plots import _gated
+    from sage.study.plots import _gated
 
     flat = {"train/gate/skip_rate": {0: 0.0}, "train/gate/weak_rate": {0: 0.0}, "train/confidence_mean": {0: 1.0}}
     assert not _gated(flat)  # OPD / GKD / SFT: every turn ALWAYS, confidence 1
@@ -252,7 +252,7 @@ def test_curve_points_are_computed_on_the_games_played_during_fit(tmp_path):
     """Half panels during fit, whole panels at the end: the final point and x=0 are recomputed on the games
     the validations during fit played, so a curve never mixes game sets; the table's whole-panel figures
     (eval_results.json) are left alone, and a run without per-game records keeps them on its curve."""
-    from sage.curves import FINAL, cell_curve, final_means, seed_points
+    from sage.study.curves import FINAL, cell_curve, final_means, seed_points
 
     def lines(records):
         return "".join(json.dumps(r) + "\n" for r in records)
@@ -299,8 +299,8 @@ def write_fit(d, turns: list[float | None], vals: dict[int, tuple[float, float]]
 def test_learning_curves_against_cumulative_turns(tmp_path):
     """x of a validation at the end of epoch e = train/turns summed over epochs 0..e; the final validate
     at the total; the start cell at x=0; mean over seeds of x and of y."""
-    from sage.curves import FINAL, cell_curve, make_turn_curves, seed_points
-    from sage.results import cumulative_turns
+    from sage.study.curves import FINAL, cell_curve, make_turn_curves, seed_points
+    from sage.study.results import cumulative_turns
 
     root = tmp_path
     write_fit(root / "runs/opd/seed_0", [10, 20, 30], {0: (0.25, 0.5), 2: (0.5, 0.25)})

@@ -21,7 +21,7 @@ from sage.envs import PromptBuilder, find_games
 from sage.rollout.generation import HFGenerator
 from sage.rollout.loop import rollout
 from sage.specs import GateSpec, RolloutSpec
-from sage.view import build_html, load_run, main
+from sage.study.view import build_html, load_run, main
 from tests.helpers import tiny_model, tiny_tokenizer
 
 HOSTILE = "a <b>bold</b> & </script><script>document.body.dataset.pwned=1</script> <!-- x"

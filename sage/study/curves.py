@@ -5,13 +5,13 @@ near 0), mean over seeds, one line per trained cell.
 Why turns and not epochs: cells differ in how many turns an epoch plays (rollouts end early, SFT plays
 the expert's shorter games), and rollout turns are what a CPU study pays for. x of a validation at the end
 of epoch e is `train/turns` (metrics.csv, `sage.epoch.episode_stats`) summed over epochs 0..e
-(`sage.results.cumulative_turns`); the final `sage validate` sits at the total; the matrix's `start_cell`
+(`sage.study.results.cumulative_turns`); the final `sage validate` sits at the total; the matrix's `start_cell`
 (the untrained student, evaluated once) is every curve's x=0. For SFT the turns are the expert's.
 Cells that do not train (teacher, zero-shot) are dashed horizontal lines.
 
 Same games at every point: when a run kept its per-game records (`val_games.jsonl` of the validations during
 fit, `eval_games.jsonl` of the final one), its final point and the start cell's x=0 are computed on the
-games its validations during fit played (`sage.eval_games.same_games`): with half panels during fit and the
+games its validations during fit played (`sage.study.eval_games.same_games`): with half panels during fit and the
 whole ones at the end, a curve would otherwise mix two game sets. The tables keep the whole panels.
 """
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sage.eval_games import game_records, same_games, summarize
-from sage.plots import PANELS, plt, save_png, shared_legend
-from sage.results import (
+from sage.study.drawing import PANELS, plt, save_png, shared_legend
+from sage.study.eval_games import game_records, same_games, summarize
+from sage.study.results import (
     cumulative_turns,
     eval_value,
     mean_std,

@@ -1,6 +1,6 @@
-"""The episode plot (`episode_<cell>_seed<S>_epoch<N>.png`, `sage.plots.make_plots`): one training episode
+"""The episode plot (`episode_<cell>_seed<S>_epoch<N>.png`, `sage.study.plots.make_plots`): one training episode
 turn by turn, teacher confidence coloured by the gate's verdict, with each turn's action and feedback, to
-see what SAGE skips. Apart from `sage.plots` to keep that module small."""
+see what SAGE skips. Apart from `sage.study.plots` to keep that module small."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 from matplotlib.patches import Patch
 
-from sage.plots import plt, save_png
-from sage.results import seed_dirs
+from sage.study.drawing import plt, save_png
+from sage.study.results import seed_dirs
 
 GATE_COLORS = {
     "SKIP": "#9e9e9e",

@@ -5,8 +5,8 @@ A greedy run with a turn limit of 50 plays, in its first N turns, exactly what a
 run gives the 30-turn figures too: a game counts as won at N if it was won within N turns, and the
 turn-level rates count its first N turns (the reverse KL: their tokens).
 
-    python -m sage.eval_games RUN/eval_games.jsonl --max-turns 30 [--out figures.json]
-    python -m sage.eval_games RUN/eval_games.jsonl --same-games OTHER/eval_games.jsonl
+    python -m sage.study.eval_games RUN/eval_games.jsonl --max-turns 30 [--out figures.json]
+    python -m sage.study.eval_games RUN/eval_games.jsonl --same-games OTHER/eval_games.jsonl
 
 `--same-games` keeps only the games (split, game id) another evaluation played: e.g. a whole-panel
 evaluation's figures on the half panels a mid-training evaluation used, for a like-for-like comparison.

@@ -1,6 +1,6 @@
 """`sage experiment`: run a method x ablation x seed matrix of `sage fit` / `sage validate` subprocesses,
-then aggregate the results (`sage.results`; paired differences to the baseline on the same games:
-`sage.paired`) and draw the plots (`sage.plots`).
+then aggregate the results (`sage.study.results`; paired differences to the baseline on the same games:
+`sage.study.paired`) and draw the plots (`sage.study.plots`).
 
     sage experiment --matrix configs/experiments/cpu_small.yaml [--dry-run] [--only CELL ...]
                     [--seeds S ...] [--output DIR] [--aggregate-only] [--commit]
@@ -10,9 +10,9 @@ Each cell x seed is a fresh process (nothing leaks between runs) logging into
 otherwise delete the fit's metrics.csv). The run's `run.json` (wall seconds, commands, git commit) then
 its `eval_results.json` are written into the run dir last, so the latter marks a finished run: reruns
 skip it. A fit that was killed after its first checkpoint resumes from `last.ckpt` in the same run dir
-(`sage.run_resume`); a validate cut short is redone; anything else starts over.
+(`sage.study.run_resume`); a validate cut short is redone; anything else starts over.
 
-The matrix's keys are in `sage.matrix`. With its `results:` folder (`sage.archive`), each finished
+The matrix's keys are in `sage.study.matrix`. With its `results:` folder (`sage.study.archive`), each finished
 run's small files are copied there, tables and plots are read from and written there (re-rendered after
 each run), and a run found there counts as done even when its run dir is gone (a later session).
 `--commit` then commits exactly those files after each run (nothing else the working tree holds).
@@ -33,13 +33,14 @@ import threading
 import time
 from pathlib import Path
 
-from sage import archive, preemption, run_resume
-from sage.archive import DONE_FILE
+from sage import preemption
 from sage.errors import ArgumentParser, UsageError
 from sage.io import write_atomic
-from sage.matrix import Cell, Matrix, MatrixError, cli_args, load_matrix
 from sage.paths import check_writable_dir
-from sage.results import complete
+from sage.study import archive, run_resume
+from sage.study.archive import DONE_FILE
+from sage.study.matrix import Cell, Matrix, MatrixError, cli_args, load_matrix
+from sage.study.results import complete
 
 __all__ = ["Cell", "Matrix", "MatrixError", "cli_args", "load_matrix", "fit_command", "validate_command",
            "run"]  # the matrix's names stay importable from here
@@ -207,7 +208,7 @@ def run_one(matrix: Matrix, cell: Cell, seed: int, commit: bool = False) -> str:
 def publish(matrix: Matrix, cell: Cell, seed: int, commit: bool) -> None:
     """Copy a finished run into the results folder and re-render the tables and plots there, so that they
     are always current; with `commit`, commit exactly those files (a git failure is one line, no stop)."""
-    from sage.results import run_seconds
+    from sage.study.results import run_seconds
 
     tag, dest = f"[{cell.name}/seed_{seed}]", archive.seed_folder(matrix.results, cell.name, seed)
     files = archive.archive_run(run_dir(matrix, cell, seed), dest)
@@ -225,9 +226,9 @@ def publish(matrix: Matrix, cell: Cell, seed: int, commit: bool) -> None:
 def finish(matrix: Matrix, cells: list[Cell], quiet: bool = False) -> list[Path]:
     """Tables and plots over the matrix's cells (all of them, not only those run now), from and into the
     results folder when the matrix has one, else its output; returns the files written."""
-    from sage.paired import write_paired
-    from sage.plots import make_plots
-    from sage.results import write_results
+    from sage.study.paired import write_paired
+    from sage.study.plots import make_plots
+    from sage.study.results import write_results
 
     root = matrix.output if matrix.results is None else matrix.results
     names = [c.name for c in cells]
@@ -249,7 +250,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(
         prog="sage experiment",
         description=__doc__.split("\n\n")[0],
-        epilog="Matrix keys (sage.matrix): cells, name, output, seeds, common_args, validate_args (final "
+        epilog="Matrix keys (sage.study.matrix): cells, name, output, seeds, common_args, validate_args (final "
         "validate only), baseline, contrasts (cell -> cells paired with it in paired.md), start_cell (learning "
         "curves' x=0), results (a folder for the committed "
         "copies of finished runs; a run found there is done even when runs/ is gone).",

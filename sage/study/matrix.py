@@ -7,8 +7,8 @@ the cell's args, on the final `sage validate` only: e.g. `data.val_games: null` 
 while fit's periodic validations use half panels; a cell may add its own), `baseline` (the cell relative
 changes refer to), `contrasts` (cell -> other cells it is compared with game by game in `paired.md`, besides
 the baseline: e.g. the full method minus each of its ablations), `start_cell` (an evaluation-only cell,
-every learning curve's x=0: `sage.curves`) and `results` (a folder relative to the cwd for the committed
-copies of finished runs: `sage.archive`). Args are a list of CLI tokens or a mapping `dotted.key: value`.
+every learning curve's x=0: `sage.study.curves`) and `results` (a folder relative to the cwd for the committed
+copies of finished runs: `sage.study.archive`). Args are a list of CLI tokens or a mapping `dotted.key: value`.
 `anchors` may hold YAML anchors the cells share (not read). Any other key, at the top or in a cell, is
 refused with the allowed ones.
 """
@@ -46,7 +46,7 @@ class Matrix:
     common_args: list[str] = field(default_factory=list)  # before each cell's args, so cells override them
     baseline: str = "opd"  # the cell the relative changes refer to
     validate_args: list[str] = field(default_factory=list)  # after the cell's args, final validate only
-    results: Path | None = None  # the committed copies of finished runs (`sage.archive`); None: none
+    results: Path | None = None  # the committed copies of finished runs (`sage.study.archive`); None: none
     start_cell: str | None = None  # the evaluation-only cell every learning curve starts from (x=0)
     contrasts: dict[str, list[str]] = field(default_factory=dict)  # cell -> cells it is paired with (paired.md)
 

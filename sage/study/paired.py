@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sage.eval_games import game_records, kl_by_repeat
 from sage.io import write_atomic
-from sage.results import complete, seed_dirs
+from sage.study.eval_games import game_records, kl_by_repeat
+from sage.study.results import complete, seed_dirs
 
 # figure -> (scale in the table, digits)
 FIGURES = {

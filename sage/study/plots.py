@@ -8,7 +8,7 @@
 - `episode_<cell>_seed<S>_epoch<N>.png`: one training episode turn by turn (teacher confidence coloured
   by the gate's verdict, with the action and environment feedback of each turn), to see what SAGE skips.
 - `curves_vs_turns.png`: success, reverse KL and admissible rate against cumulative student rollout turns
-  (`sage.curves`).
+  (`sage.study.curves`).
 
 PNGs carry no version tag or timestamp: the same inputs give the same bytes (committed plots re-render).
 """
@@ -17,15 +17,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from sage.io import atomic_path  # noqa: E402
-from sage.results import (  # noqa: E402
+from sage.study.curves import make_turn_curves
+from sage.study.drawing import PANELS, plt, save_png, shared_legend
+from sage.study.episode_plot import pick_episode, plot_episode
+from sage.study.results import (
     SPLITS,
     eval_value,
     load_eval_results,
@@ -35,11 +32,6 @@ from sage.results import (  # noqa: E402
     seed_dirs,
 )
 
-PANELS = {
-    "seen": "valid_seen (greedy)",
-    "unseen": "valid_unseen (greedy)",
-    "train": "training episodes (sampled; SFT: expert)",
-}
 GATE_PANELS = (
     ("train/gate/skip_rate", "SKIP rate"),
     ("train/gate/weak_rate", "WEAK rate"),
@@ -191,20 +183,6 @@ def plot_success(curves: dict, finals: dict, baselines: dict, path: Path) -> Pat
     return save_png(fig, path)
 
 
-def shared_legend(axes, final_star: bool) -> None:
-    """One legend right of the last panel: every label once, whichever panel drew it, and (final_star) the
-    star marker of the final `sage validate`."""
-    legend = {}
-    for ax in axes:
-        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(name, handle)
-    handles, names = list(legend.values()), list(legend)
-    if final_star:
-        handles.append(Line2D([], [], ls="", marker="*", ms=11, color="0.4"))
-        names.append("final validate")
-    axes[-1].legend(handles, names, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
-
-
 def _gated(curves: dict) -> bool:
     """Whether a cell has a gate or confidence to show: OPD, GKD and SFT log gate rates of 0 (every turn
     is ALWAYS) and a confidence of 1, which would only crowd the SAGE curves."""
@@ -232,16 +210,6 @@ def plot_gate(curves: dict, path: Path) -> Path:
 
 
 
-def save_png(fig, path: Path) -> Path:
-    """Written atomically and without the PNG "Software" tag (the matplotlib version): the same figure gives
-    the same bytes, so committed plots re-render identically (Agg itself is deterministic)."""
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return path
-
-
 def make_plots(
     output,
     cells: list[str],
@@ -251,10 +219,7 @@ def make_plots(
     start_cell: str | None = None,
 ) -> list[Path]:
     """Every plot the available files allow; returns the PNG paths written into `output`. `start_cell`:
-    the evaluation-only cell every learning curve against rollout turns starts from (`sage.curves`)."""
-    from sage.curves import make_turn_curves  # both draw with this module's helpers: imported late
-    from sage.episode_plot import pick_episode, plot_episode
-
+    the evaluation-only cell every learning curve against rollout turns starts from (`sage.study.curves`)."""
     output, labels = Path(output), labels or {}
     fitted = cells if fitted is None else fitted
     written = []

@@ -18,14 +18,12 @@ import math
 import statistics
 from pathlib import Path
 
+from callbacks.evaluation import TURN_RATES  # the turn-level figures the evaluation records
 from sage.envs import TASK_TYPES
 from sage.io import write_atomic
 
 SPLITS = ("seen", "unseen")
 KEYS = ("overall", *TASK_TYPES)
-# turn-level figures; eval_results.json "turn_rates" (callbacks.evaluation). reverse_kl is a token mean
-# (nats, null without a teacher), the others fractions of turns.
-TURN_RATES = ("admissible_rate", "format_rate", "repeat_rate", "reverse_kl")
 BASELINE = "opd"
 NA = "n/a"
 EPOCH_METRICS = (
@@ -79,7 +77,7 @@ def load_eval_results(output: str | Path, cell: str) -> dict[int, dict]:
 
 
 def run_seconds(info: dict) -> float | None:
-    """A run's wall time from its `run.json` (`sage.experiment`): fit + validate seconds (no fit: 0)."""
+    """A run's wall time from its `run.json` (`sage.study.experiment`): fit + validate seconds (no fit: 0)."""
     if info.get("validate_seconds") is None:
         return None
     return float(info.get("fit_seconds") or 0.0) + float(info["validate_seconds"])

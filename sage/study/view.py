@@ -1,7 +1,7 @@
 """`sage view RUN_DIR [--epoch K] [--out FILE]`: one self-contained HTML file to browse a run's episodes.
 
 The episodes (`RUN_DIR/episodes/epoch_NNN[_rankR].jsonl`, written by `callbacks.episode_log`) are
-embedded as JSON and drawn by a small vanilla script (`sage.view_page`): no server and no network
+embedded as JSON and drawn by a small vanilla script (`sage.study.view_page`): no server and no network
 assets, so the file can be mailed or opened from a cluster's scratch disk. Turns are rendered only when
 an episode is expanded, which keeps a paper-scale epoch (128 episodes x 50 turns) quick to open.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sage.errors import ArgumentParser
 from sage.paths import check_writable_dir
-from sage.view_page import CSS, JS
+from sage.study.view_page import CSS, JS
 
 EPISODE_FILE = re.compile(r"epoch_(\d+)(?:_rank(\d+))?\.jsonl$")
 

@@ -1,4 +1,4 @@
-"""The viewer page's stylesheet and script, inlined by `sage.view.build_html` (no network assets).
+"""The viewer page's stylesheet and script, inlined by `sage.study.view.build_html` (no network assets).
 
 Game and model text is only ever inserted with `textContent`, never parsed as HTML. Turns are built
 when their episode is first expanded. URL flags for scripted checks: `?open=I` expands episode I,

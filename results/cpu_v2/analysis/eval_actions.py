@@ -34,7 +34,7 @@ from pathlib import Path
 
 from sage.envs import panel_games, walkthrough
 from sage.envs.alfworld_env import AlfworldEnv
-from sage.eval_games import game_records
+from sage.study.eval_games import game_records
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE.parent / "runs"

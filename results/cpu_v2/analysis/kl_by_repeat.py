@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sage.eval_games import game_records, kl_by_repeat
+from sage.study.eval_games import game_records, kl_by_repeat
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE.parent / "runs"
