@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from sage.io import write_atomic
+from sage.io import atomic_path, write_atomic
 
 ATTEMPTS = "attempts.json"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
@@ -117,12 +117,10 @@ def merge_logs(d: Path) -> None:
                 rows.pop(key, None)  # re-inserted last: the redone row takes the later position
                 rows[key] = row
         keys = sorted({k for row in rows.values() for k in row})
-        merged = d / "metrics.csv.tmp"
-        with merged.open("w", newline="") as f:
+        with atomic_path(d / "metrics.csv") as merged, merged.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(sorted(rows.values(), key=lambda r: _int(r.get("step"))))
-        merged.replace(d / "metrics.csv")
         for p in parts:
             p.unlink()
     for name in APPENDED:
