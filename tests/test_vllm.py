@@ -178,7 +178,7 @@ def test_sampled_episodes_have_the_loops_structure_and_their_sampling_logprobs(p
     log-probs are those of the distribution it was drawn from (temperature and top-p applied once)."""
     from sage.rollout.vllm_engine import VLLMGenerator
 
-    games = find_games("valid_seen", limit=2)
+    games = find_games("valid_unseen", limit=1)
     cfg = RolloutSpec(context_mode=mode, max_new_tokens=16, max_context_tokens=2048, temperature=0.7, top_p=0.9)
     a = rollout(VLLMGenerator(cut, tok, seed=3, max_model_len=2048), pool, games, PromptBuilder(), tok, cfg)
     b = rollout(VLLMGenerator(cut, tok, seed=3, max_model_len=2048), pool, games, PromptBuilder(), tok, cfg)
