@@ -15,6 +15,7 @@ from sage.distill.annotate import Annotation
 from sage.plan import MicroBatch, OptimizerStep, plan_steps
 from sage.rollout.records import Episode, admissible_flags, repeat_flags
 from sage.samples import transcript_samples, window_samples
+from sage.specs import GATE_LABELS, INTERVENE, THREE_LEVEL, TWO_LEVEL
 from sage.teacher.labels import offline_labels
 
 
@@ -58,9 +59,9 @@ def judge_agreement(episodes: list[Episode]) -> dict[str, float]:
     pairs = []
     for ep in episodes:
         judged = [t.gate_label for t in ep.turns]
-        if not ep.turns or not all(g in ("SKIP", "WEAK", "STRONG", "INTERVENE") for g in judged):
+        if not ep.turns or not all(g in GATE_LABELS for g in judged):
             continue
-        labels = ("SKIP", "INTERVENE") if "INTERVENE" in judged else ("SKIP", "WEAK", "STRONG")
+        labels = TWO_LEVEL if INTERVENE in judged else THREE_LEVEL
         pairs += [(g, lab) for t, g, lab in zip(ep.turns, judged, offline_labels(ep, labels), strict=True)
                   if t.expert_action is not None]
     if not pairs:

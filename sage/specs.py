@@ -39,6 +39,9 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 # The one table of judge labels usable from a config and their gate g_t (WEAK: GateSpec.weak_weight).
 WEAK_WEIGHT = "weak_weight"
 GATE_LABELS: dict[str, float | str] = {"SKIP": 0.0, "WEAK": WEAK_WEIGHT, "STRONG": 1.0, "INTERVENE": 1.0}
+SKIP, WEAK, STRONG, INTERVENE = GATE_LABELS  # the names everywhere else, never typed again
+THREE_LEVEL = (SKIP, WEAK, STRONG)  # the graded judge's label set
+TWO_LEVEL = (SKIP, INTERVENE)  # the two-level judge's (and feedback_rule's)
 
 
 class SpecError(InputError, ValueError):
@@ -158,7 +161,7 @@ class GateSpec:
 
     mode: GateMode = "teacher_judge"
     """teacher_judge (SAGE), always (standard OPD: g = 1) or feedback_rule (a cheap non-teacher rule)."""
-    labels: tuple[str, ...] = ("SKIP", "WEAK", "STRONG")
+    labels: tuple[str, ...] = THREE_LEVEL
     """Judge verdicts: SKIP/WEAK/STRONG (g = 0 / weak_weight / 1) or the two-level SKIP/INTERVENE."""
     weak_weight: float = 0.5
     """g of a WEAK verdict."""
@@ -309,7 +312,7 @@ class DaggerSpec:
     such a turn is STRONG."""
     judge_examples: list[int] = field(default_factory=lambda: [600, 400])
     """Judge examples per round, drawn from all of the round's turns with labels as balanced as they allow."""
-    judge_labels: tuple[str, ...] = ("SKIP", "WEAK", "STRONG")
+    judge_labels: tuple[str, ...] = THREE_LEVEL
     """Verdicts the judge learns (model.gate.labels of the distillation runs that use this teacher)."""
     judge_history: int = 2
     """Earlier turns in each judge prompt (model.gate.judge_history of those runs)."""
@@ -342,7 +345,7 @@ class DaggerSpec:
         for w in self.judge_weight:
             check_range("data.dagger.judge_weight", w, 0.0, low_open=True)
         self.judge_labels = tuple(self.judge_labels)
-        if self.judge_labels not in (("SKIP", "WEAK", "STRONG"), ("SKIP", "INTERVENE")):
+        if self.judge_labels not in (THREE_LEVEL, TWO_LEVEL):
             raise SpecError(f"data.dagger.judge_labels=[{', '.join(self.judge_labels)}]; allowed: [SKIP, WEAK, STRONG] or "
                             "[SKIP, INTERVENE] (the offline rule's verdicts, WEAK and STRONG merged)")
 

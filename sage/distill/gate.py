@@ -14,7 +14,7 @@ from sage.distill.judge import TeacherJudge
 from sage.distill.judge_prompt import JudgePrompt
 from sage.envs import normalize_command
 from sage.rollout.records import Episode, Turn
-from sage.specs import GateSpec
+from sage.specs import INTERVENE, SKIP, GateSpec
 
 # Environment feedback that says an action failed (ALFWorld's reply to an impossible command).
 FAIL_MARKERS = ("Nothing happens.",)
@@ -52,8 +52,8 @@ class FeedbackRule:
         for e in episodes:
             for k, t in enumerate(e.turns):
                 bad = self.intervenes(t, e.turns[k - 1] if k else None)
-                t.gate_label, t.gate = ("INTERVENE", 1.0) if bad else ("SKIP", 0.0)
-                t.gate_probs = {"SKIP": float(not bad), "INTERVENE": float(bad)}
+                t.gate_label, t.gate = (INTERVENE, 1.0) if bad else (SKIP, 0.0)
+                t.gate_probs = {SKIP: float(not bad), INTERVENE: float(bad)}
 
     @staticmethod
     def intervenes(turn: Turn, previous: Turn | None) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sage.specs import INTERVENE, SKIP, STRONG, WEAK
+
 SYSTEM = (
     "You are an expert household agent supervising a student agent in ALFWorld, a text-based household "
     "environment. The student reads the task and the observations and answers with one action per turn. "
@@ -36,13 +38,13 @@ How much should the teacher correct the student on this turn?
 Answer with exactly one word: {label_list}."""
 
 LABEL_GUIDE = {
-    "SKIP": "the action is reasonable progress toward the task, or an acceptable alternative; leave it alone.",
-    "WEAK": "the action is unhelpful or doubtful but not clearly wrong; correct it lightly.",
-    "STRONG": (
+    SKIP: "the action is reasonable progress toward the task, or an acceptable alternative; leave it alone.",
+    WEAK: "the action is unhelpful or doubtful but not clearly wrong; correct it lightly.",
+    STRONG: (
         'the action is clearly wrong: it failed (e.g. "Nothing happens."), repeats itself without progress, '
         "or ignores the task; correct it."
     ),
-    "INTERVENE": "the action is wrong, failed or repeats itself without progress; correct it.",
+    INTERVENE: "the action is wrong, failed or repeats itself without progress; correct it.",
 }
 
 

@@ -10,14 +10,15 @@ from pathlib import Path
 
 from matplotlib.patches import Patch
 
+from sage.specs import INTERVENE, SKIP, STRONG, WEAK
 from sage.study.drawing import plt, save_png
 from sage.study.results import seed_dirs
 
 GATE_COLORS = {
-    "SKIP": "#9e9e9e",
-    "WEAK": "#f0a030",
-    "STRONG": "#d03030",
-    "INTERVENE": "#d03030",
+    SKIP: "#9e9e9e",
+    WEAK: "#f0a030",
+    STRONG: "#d03030",
+    INTERVENE: "#d03030",
     None: "#4a78c0",
 }
 

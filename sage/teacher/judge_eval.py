@@ -35,7 +35,7 @@ from sage.envs import EnvPool, PromptBuilder, PromptTemplate, find_games, panel_
 from sage.models import load_model, load_tokenizer
 from sage.rollout.engines import make_generator
 from sage.rollout.loop import rollout
-from sage.specs import GateSpec, RolloutSpec
+from sage.specs import INTERVENE, SKIP, STRONG, THREE_LEVEL, GateSpec, RolloutSpec
 from sage.teacher.labels import offline_labels
 from sage.teacher.policy import ExpertMixPolicy, Mix, PeekPool
 
@@ -72,7 +72,7 @@ def play(model, tokenizer, games, policy: str, cfg: dict, seed: int, max_turns: 
 def scores(labels: list[str], probs_skip: list[float], predicted: list[str], classes: list[str]) -> dict:
     truth = torch.tensor([classes.index(x) for x in labels])
     pred = torch.tensor([classes.index(x) for x in predicted])
-    is_skip = (truth == classes.index("SKIP")).long()
+    is_skip = (truth == classes.index(SKIP)).long()
     auroc = float(binary_auroc(torch.tensor(probs_skip), is_skip)) if 0 < int(is_skip.sum()) < len(labels) else None
     cm = multiclass_confusion_matrix(pred, truth, num_classes=len(classes)).tolist()
     return {"classes": classes, "confusion_rows_offline_cols_verdict": cm,
@@ -92,7 +92,7 @@ def config_judge(cfg: dict, model, tok, calibrated: bool = True) -> TeacherJudge
     """The teacher judge exactly as the config's distillation would build it (labels, history, prompt)."""
     model_cfg = cfg.get("model", {})
     gate = model_cfg.get("gate", {})
-    spec = GateSpec(labels=tuple(gate.get("labels", ("SKIP", "WEAK", "STRONG"))),
+    spec = GateSpec(labels=tuple(gate.get("labels", THREE_LEVEL)),
                     judge_history=gate.get("judge_history", 2), calibrated=calibrated)
     return TeacherJudge(spec, model, tok, JudgePrompt(**(model_cfg.get("judge_prompt") or {})))
 
@@ -118,21 +118,21 @@ def evaluate(model_name: str, split: str, n_games: int, policy: str, configs: li
     ruled = copy.deepcopy(episodes)
     rule.judge(ruled)
     r_turns = [t for e in ruled for t in e.turns]
-    rule_pred = ["SKIP" if t.gate_label == "SKIP" else ("INTERVENE" if "INTERVENE" in labels else "STRONG")
+    rule_pred = [SKIP if t.gate_label == SKIP else (INTERVENE if INTERVENE in labels else STRONG)
                  for t in r_turns]
     raw = {}
     if teacher.bias is not None:  # the same scores without the shipped calibration's offsets
         p = torch.softmax(torch.tensor([[t.gate_probs[x] for x in labels] for t in t_turns]).double().log()
                           - teacher.bias, dim=-1)
         raw = {"calibration": dict(zip(labels, teacher.bias.tolist(), strict=True)),
-               "teacher_judge_uncalibrated": scores(offline, p[:, labels.index("SKIP")].tolist(),
+               "teacher_judge_uncalibrated": scores(offline, p[:, labels.index(SKIP)].tolist(),
                                                     [labels[int(i)] for i in p.argmax(-1)], list(labels))}
     return {
         "model": model_name, "split": split, "games": len(episodes), "policy": policy, "turns": len(offline),
         "max_turns": max_turns, "seed": seed, "offline_label_counts": {x: offline.count(x) for x in labels},
-        "teacher_judge": scores(offline, [t.gate_probs["SKIP"] for t in t_turns], [t.gate_label for t in t_turns],
+        "teacher_judge": scores(offline, [t.gate_probs[SKIP] for t in t_turns], [t.gate_label for t in t_turns],
                                 list(labels)),
-        "feedback_rule": scores(offline, [t.gate_probs["SKIP"] for t in r_turns], rule_pred, list(labels)),
+        "feedback_rule": scores(offline, [t.gate_probs[SKIP] for t in r_turns], rule_pred, list(labels)),
         **raw,
         "seconds_play": round(played, 1), "seconds_judge": round(judge_seconds, 1),
     }

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from sage.distill.gate import FAIL_MARKERS
 from sage.rollout.records import Episode, Turn
+from sage.specs import INTERVENE, SKIP, STRONG, THREE_LEVEL, WEAK
 
 LABEL_RULE = __doc__
 
@@ -32,15 +33,15 @@ def offline_label(turn: Turn, previous: Turn | None) -> str:
     regress = before is not None and after is not None and after < before
     failed = any(m in turn.feedback for m in FAIL_MARKERS)
     if not turn.valid_format or failed or repeated or regress:
-        return "STRONG"
+        return STRONG
     progress = before is not None and after is not None and after > before
     if progress or (turn.expert_action is not None and turn.action == turn.expert_action):
-        return "SKIP"
-    return "WEAK"
+        return SKIP
+    return WEAK
 
 
-def offline_labels(episode: Episode, labels: Sequence[str] = ("SKIP", "WEAK", "STRONG")) -> list[str]:
+def offline_labels(episode: Episode, labels: Sequence[str] = THREE_LEVEL) -> list[str]:
     """Each turn's offline label in the judge's label set (two-level: WEAK and STRONG become INTERVENE)."""
     turns: Sequence[Turn] = episode.turns
     out = [offline_label(t, turns[k - 1] if k else None) for k, t in enumerate(turns)]
-    return out if "WEAK" in labels else [lab if lab == "SKIP" else "INTERVENE" for lab in out]
+    return out if WEAK in labels else [lab if lab == SKIP else INTERVENE for lab in out]
