@@ -80,7 +80,8 @@ def describe(spec: TeacherPoolSpec, *, teacher, tokenizer, prompt, rollout, max_
         "batch": spec.batch,
         "max_turns": max_turns,
         "won_only": won_only,
-        "rollout": dataclasses.asdict(rollout),
+        # engine hf is left out, so pools built before data.rollout.engine existed still match
+        "rollout": {k: v for k, v in dataclasses.asdict(rollout).items() if k != "engine" or v != "hf"},
         "prompt": dataclasses.asdict(prompt.template),
     })
 
