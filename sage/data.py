@@ -219,12 +219,14 @@ class SageDataModule(L.LightningDataModule):
         self._round_stats: dict[str, float] = {}  # source=dagger: the latest round's data statistics
         self._teacher_pool = None  # teacher_pool: the pool, loaded (or built) at the first epoch that needs it
 
-    def connect(self, student, teacher, tokenizer, annotator: Annotator, normalize: str) -> None:
+    def connect(self, student, teacher, tokenizer, annotator: Annotator, normalize: str) -> int:
         """What the data side needs from the LightningModule, given once by it: the policy to roll out, the
         teacher (``source=teacher``), the tokenizer, the annotator (gate + teacher pass) and the loss
-        normalization (which denominator the optimizer steps carry)."""
+        normalization (which denominator the optimizer steps carry). Returns what the module needs back:
+        the tokens per micro-batch (data.max_tokens_per_micro_batch), its budget for the evaluation KL."""
         self.student, self.teacher, self.tokenizer = student, teacher, tokenizer
         self.annotator, self.normalize = annotator, normalize
+        return self.max_tokens
 
     @property
     def transcript(self) -> bool:

@@ -103,6 +103,9 @@ class SageModule(L.LightningModule):
             check_tokenizers(self.tokenizer, load_tokenizer(teacher.name_or_path))
         self.student = self.teacher = None
         self.vocab_rows: int | None = None
+        # tokens per forward of the evaluation KL: the DataModule's micro-batch budget, handed over by
+        # `connect` (8192 without a DataModule)
+        self.eval_kl_budget = 8192
         self.annotator: Annotator | None = None
         self._acc: dict[str, float] = {}
         self._epoch_stats: dict[str, float] = {}
@@ -126,8 +129,8 @@ class SageModule(L.LightningModule):
         on the trainer's device, then the DataModule receives what it needs from them, once."""
         self.build_models(self.trainer.strategy.root_device, str(self.trainer.precision))
         if self.trainer.datamodule is not None:
-            self.trainer.datamodule.connect(self.student, self.teacher, self.tokenizer, self.annotator,
-                                            self.loss_spec.normalize)
+            self.eval_kl_budget = self.trainer.datamodule.connect(self.student, self.teacher, self.tokenizer,
+                                                                  self.annotator, self.loss_spec.normalize)
 
     def setup(self, stage: str) -> None:
         strategy = type(self.trainer.strategy).__name__
@@ -245,8 +248,7 @@ class SageModule(L.LightningModule):
         gets its reverse KL to the teacher (`Turn.eval_kl`); the evaluation callback
         (`callbacks.AlfworldEvaluation`) counts them."""
         if self.teacher is not None:
-            budget = getattr(self.trainer.datamodule, "max_tokens", 8192)
-            per_turn = turn_kl(self.student, self.teacher, episodes, self.vocab_rows, budget,
+            per_turn = turn_kl(self.student, self.teacher, episodes, self.vocab_rows, self.eval_kl_budget,
                                self.loss_spec.chunk_tokens)
             for ep, scores in zip(episodes, per_turn, strict=True):
                 for t, (kl, n) in zip(ep.turns, scores, strict=True):
