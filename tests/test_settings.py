@@ -138,6 +138,7 @@ CASES: dict[str, tuple[str | None, str | None]] = {
     "data.teacher_pool.seed": ("x", "-1"),
     "data.teacher_pool.batch": ("x", "0"),
     "data.rollout.context_mode": (None, "chat"),
+    "data.rollout.engine": (None, "sglang"),
     "data.rollout.window_history": ("x", "-1"),
     "data.rollout.temperature": ("x", "0"),
     "data.rollout.top_p": ("x", "0"),
