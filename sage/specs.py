@@ -240,7 +240,7 @@ class RolloutSpec:
         check_choice("data.rollout.context_mode", self.context_mode, CONTEXT_MODES)
         check_choice("data.rollout.engine", self.engine, ROLLOUT_ENGINES)
         if self.engine == "vllm":
-            from sage.rollout.engines import require_vllm
+            from sage.rollout.vllm_check import require_vllm
 
             require_vllm("data.rollout.engine")
         check_range("data.rollout.window_history", self.window_history, 0)

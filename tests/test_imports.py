@@ -15,13 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sage", "callbacks")
 STUDY = "sage.study"
 DISPATCH = {("sage.cli", "sage.study.experiment"), ("sage.cli", "sage.study.view")}
-# The one cycle left, through function-level imports only (so it never bites at import time): the rollout
-# spec asks the engine module whether vLLM is installed (`specs` -> `rollout.engines`), and the engines'
-# sampling checks its settings with the spec's range checks (`rollout.sampling` -> `specs`). It is in the
-# rollout engine's code, being reworked beside this change; breaking it (the range checks in a module of
-# their own) removes it from here. Any other cycle fails.
-KNOWN_CYCLES = [["sage.rollout.engines", "sage.rollout.generation", "sage.rollout.sampling",
-                 "sage.rollout.vllm_engine", "sage.specs"]]
+# Cycles allowed (none): any cycle fails, function-level imports included.
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def modules(root: Path) -> dict[str, Path]:

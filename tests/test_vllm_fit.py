@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sage.cli import main
-from sage.rollout import engines
+from sage.rollout import engines, vllm_check
 from tests.test_e2e import build, student_state, tiny_args
 
 MAX_TURNS = 3
@@ -66,7 +66,7 @@ def _args(tmp: Path, *extra: str) -> list[str]:
 
 
 def test_engine_vllm_without_vllm_says_how_to_install(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engines, "vllm_installed", lambda: False)
+    monkeypatch.setattr(vllm_check, "vllm_installed", lambda: False)
     code, err = run_sage(_args(tmp_path, "--data.rollout.engine", "vllm"), monkeypatch, capsys)
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 2 and len(lines) == 1, err

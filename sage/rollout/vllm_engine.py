@@ -31,8 +31,8 @@ from collections.abc import Hashable, Iterator, Sequence
 import torch
 
 from sage.forward import base_model
-from sage.rollout.engines import EngineUnavailableError
 from sage.rollout.generation import Generation, GenerationStats, SamplingParams
+from sage.rollout.vllm_check import EngineUnavailableError
 
 DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _ENGINES: dict[tuple, _Engine] = {}
