@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sage.envs.prompt import normalize_command
+
 
 @dataclass
 class Turn:
@@ -83,7 +85,17 @@ def admissible_flags(ep: Episode) -> list[int]:
     return [int(t.action in t.admissible) for t in ep.turns]
 
 
+def is_repeat(turn: Turn, previous: Turn | None) -> bool:
+    """Whether `turn` sends the same command as `previous`, the turn before it in its episode (compared as
+    normalized commands): the one definition of a repeat, asked by the repeat rates (`repeat_flags`), the
+    ``feedback_rule`` gate and the offline judge labels. A game's first turn (``previous`` None) and an
+    unparsed answer (action "") never repeat. The feedback is not compared: in ALFWorld a repeated command
+    either changes nothing and gets the same text again (look, examine) or is refused ("Nothing happens."),
+    so the command alone says it is a loop."""
+    command = normalize_command(turn.action)
+    return previous is not None and bool(command) and command == normalize_command(previous.action)
+
+
 def repeat_flags(ep: Episode) -> list[int]:
-    """Per turn, 1 when the parsed action repeats the episode's previous one (a loop); turn 0 never does."""
-    actions = [t.action for t in ep.turns]
-    return [int(k > 0 and bool(a) and a == actions[k - 1]) for k, a in enumerate(actions)]
+    """Per turn, 1 when the turn repeats the episode's previous one (`is_repeat`: a loop); turn 0 never does."""
+    return [int(is_repeat(t, ep.turns[k - 1] if k else None)) for k, t in enumerate(ep.turns)]
