@@ -12,8 +12,7 @@ from typing import Protocol
 
 from sage.distill.judge import TeacherJudge
 from sage.distill.judge_prompt import JudgePrompt
-from sage.envs import normalize_command
-from sage.rollout.records import Episode, Turn
+from sage.rollout.records import Episode, Turn, is_repeat
 from sage.specs import INTERVENE, SKIP, GateSpec
 
 # Environment feedback that says an action failed (ALFWorld's reply to an impossible command).
@@ -41,8 +40,9 @@ class AlwaysGate:
 
 class FeedbackRule:
     """A cheap non-teacher baseline: ``INTERVENE`` (gate 1) when the feedback reports a failure, the action
-    repeats the previous one, or the response's format is invalid; otherwise ``SKIP`` (gate 0). The names
-    of the two-level judge, so their logs compare directly."""
+    repeats the previous one (`sage.rollout.records.is_repeat`, as the repeat rates count it), or the
+    response's format is invalid; otherwise ``SKIP`` (gate 0). The names of the two-level judge, so their
+    logs compare directly."""
 
     @classmethod
     def from_spec(cls, spec: GateSpec, prompt: JudgePrompt | None, teacher, tokenizer) -> FeedbackRule:
@@ -58,8 +58,7 @@ class FeedbackRule:
     @staticmethod
     def intervenes(turn: Turn, previous: Turn | None) -> bool:
         failed = any(m in turn.feedback for m in FAIL_MARKERS)
-        repeated = previous is not None and normalize_command(turn.action) == normalize_command(previous.action)
-        return failed or repeated or not turn.valid_format
+        return failed or is_repeat(turn, previous) or not turn.valid_format
 
 
 GATES: dict[str, type[Gate]] = {"teacher_judge": TeacherJudge, "always": AlwaysGate, "feedback_rule": FeedbackRule}

@@ -3,8 +3,9 @@
 The rule (also in docs/METHOD.md, "Offline judge labels"), applied in this order:
 
 1. STRONG: the answer has no parsable action, the environment answered "Nothing happens.", the action
-   repeats the previous turn's with the same feedback (no new information), or the expert's subgoal
-   index fell (e.g. the task object was put down somewhere else).
+   repeats the previous turn's (`sage.rollout.records.is_repeat`: a repeated command gets the same text
+   again or is refused, so it brings no new information), or the expert's subgoal index fell (e.g. the
+   task object was put down somewhere else).
 2. SKIP: the action is the hand-coded expert's next action from that state, or the expert's subgoal
    index rose (progress by another route).
 3. WEAK: anything else: an admissible action that neither progresses nor fails (a detour, an extra look).
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sage.distill.gate import FAIL_MARKERS
-from sage.rollout.records import Episode, Turn
+from sage.rollout.records import Episode, Turn, is_repeat
 from sage.specs import INTERVENE, SKIP, STRONG, THREE_LEVEL, WEAK
 
 LABEL_RULE = __doc__
@@ -29,10 +30,9 @@ LABEL_RULE = __doc__
 def offline_label(turn: Turn, previous: Turn | None) -> str:
     """SKIP / WEAK / STRONG for one turn (see the module docstring)."""
     before, after = turn.subgoal_before, turn.subgoal_after
-    repeated = previous is not None and turn.action == previous.action and turn.feedback == previous.feedback
     regress = before is not None and after is not None and after < before
     failed = any(m in turn.feedback for m in FAIL_MARKERS)
-    if not turn.valid_format or failed or repeated or regress:
+    if not turn.valid_format or failed or is_repeat(turn, previous) or regress:
         return STRONG
     progress = before is not None and after is not None and after > before
     if progress or (turn.expert_action is not None and turn.action == turn.expert_action):
