@@ -65,7 +65,7 @@ class Episode:
     turns: list[Turn] = field(default_factory=list)
     won: bool = False
     error: str | None = None  # set when the environment worker died; the episode is then excluded
-    truncated: bool = False  # the context-length policy kicked in (see sage.rollout.loop)
+    truncated: bool = False  # the context-length policy kicked in (see sage.rollout.context)
     # transcript mode: the whole episode as one sequence; the student's own tokens are marked.
     sequence_ids: list[int] | None = None
     student_mask: list[int] | None = None  # 1 on tokens the student generated
