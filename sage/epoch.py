@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from sage.distill.annotate import Annotation
 from sage.plan import MicroBatch, OptimizerStep, plan_steps
+from sage.rollout.context import Context, context_for
 from sage.rollout.records import Episode, admissible_flags, repeat_flags
-from sage.samples import transcript_samples, window_samples
+from sage.samples import episode_samples
 from sage.specs import GATE_LABELS, INTERVENE, THREE_LEVEL, TWO_LEVEL
 from sage.teacher.labels import offline_labels
 
@@ -34,18 +35,20 @@ class Epoch:
 
 @dataclass
 class EpochPlanner:
-    annotate: Callable[[list[Episode], bool], Annotation]  # gate + teacher pass (`sage.distill.annotate.Annotator`)
+    annotate: Callable[[list[Episode], Context], Annotation]  # gate + teacher pass (`sage.distill.annotate.Annotator`)
     normalize: str  # the loss normalization: which denominator the steps carry
-    transcript: bool  # one sample per episode (transcript) or per turn (window)
+    context: Context | str | bool  # how the episodes were played (`sage.rollout.context`; a bool: transcript)
     samples_per_step: int
     max_tokens_per_micro_batch: int
     pad_id: int
     seed: int
 
+    def __post_init__(self) -> None:
+        self.context = context_for(self.context)
+
     def plan(self, episodes: list[Episode], index: int, rollout_seconds: float) -> Epoch:
-        annotation = self.annotate(episodes, self.transcript)
-        to_samples = transcript_samples if self.transcript else window_samples
-        samples = to_samples(episodes, annotation.teacher_hidden)
+        annotation = self.annotate(episodes, self.context)
+        samples = episode_samples(episodes, self.context, annotation.teacher_hidden)
         steps = plan_steps(samples, self.samples_per_step, self.max_tokens_per_micro_batch, self.pad_id,
                            self.normalize, seed=self.seed + index)
         stats = episode_stats(episodes) | {"rollout_seconds": rollout_seconds} | annotation.seconds

@@ -4,7 +4,8 @@ positions, no KV cache, no logits anywhere else.
 With a 150k vocabulary the LM head over every position would cost far more memory than the decoder
 itself, so callers take the hidden states of the positions they score and run the head on those
 alone (`sage.distill.fused.head_logits`, in float32). One home for the padding and batching helpers
-that every teacher/student forward shares (judge, teacher scoring, training step).
+that every forward shares: the scoring loop (`sage.scoring`: teacher scoring, evaluation KL, judge),
+the epoch plan's micro-batches and the training step.
 """
 
 from __future__ import annotations

@@ -154,20 +154,20 @@ def test_annotate_uses_the_configured_gate_and_confidence():
     module.teacher = freeze(biased_model({i: 50.0 for i in skip_ids}, seed=1))
     for t in eps[0].turns:
         t.confidence = None
-    annotation = module.make_annotator()(eps, transcript=False)
+    annotation = module.make_annotator()(eps, "window")
     turns = eps[0].turns
     assert [t.gate_label for t in turns] == ["SKIP"] * 3 and all(t.gate == 0.0 for t in turns)
     assert all(t.confidence is None for t in turns) and annotation.teacher_hidden == {}  # skipped: no teacher pass
 
     module.gate_spec = GateSpec(mode="always")
-    hidden = module.make_annotator()(eps, transcript=False).teacher_hidden
+    hidden = module.make_annotator()(eps, "window").teacher_hidden
     assert all(len(t.confidence) == len(t.response_ids) for t in turns)
     assert all(0 < c <= 1 and not math.isnan(c) for t in turns for c in t.confidence)
     assert {k: h.shape for k, h in hidden.items()} == {(0, k): (len(t.response_ids), 64) for k, t in enumerate(turns)}
 
     module.loss_spec = LossSpec(divergence="sampled_reverse_kl")  # reads log pi_T(y) only: no hidden states kept
     module.loss_kind = LOSS_KINDS["sampled_reverse_kl"]
-    assert module.make_annotator()(eps, transcript=False).teacher_hidden == {}
+    assert module.make_annotator()(eps, "window").teacher_hidden == {}
     assert all(len(t.teacher_logprobs) == len(t.response_ids) for t in turns)
 
 

@@ -87,7 +87,7 @@ def test_hidden_states_are_dropped_when_not_kept(teacher):
 
 def test_scoring_errors(teacher):
     scorer = TeacherScorer(teacher)
-    with pytest.raises(ValueError, match="score_episodes"):
+    with pytest.raises(ValueError, match="has no context_ids: it was not played in window mode"):
         scorer.score_turns([make_turn(context_ids=[], response_ids=[5])])
     ep = transcript_episode([1, 2, 3], [([4, 5], [6])])
     ep.turns[0].response_ids = [4, 5, 9]

@@ -3,8 +3,9 @@
 log pi_T and kappa per token, and the hidden states the loss recomputes the teacher's logits from.
 
 Only turns with g_t > 0 are scored: a skipped turn's weight is 0 whatever kappa is (it adds only its
-token count to the `opd` denominator), so scoring it would be wasted teacher time. In transcript mode an
-episode with any kept turn is scored as one sequence (one forward either way).
+token count to the `opd` denominator), so scoring it would be wasted teacher time: a row
+(`sage.scoring.episode_rows`) is scored when it holds a kept turn. In transcript mode an episode is one row,
+scored whole when any of its turns is kept (one forward either way).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 
 from sage.distill.gate import Gate
 from sage.distill.teacher import TeacherScorer
+from sage.rollout.context import Context, context_for
 from sage.rollout.records import Episode
-from sage.samples import TeacherHidden
+from sage.scoring import TeacherHidden, episode_rows
 
 
 @dataclass
@@ -32,20 +34,16 @@ class Annotator:
     scorer: TeacherScorer | None  # None: nothing to score (the SFT objective)
 
     @torch.no_grad()
-    def __call__(self, episodes: list[Episode], transcript: bool) -> Annotation:
+    def __call__(self, episodes: list[Episode], context: Context | str | bool) -> Annotation:
         """Write g_t (and kappa, log pi_T) into the turns, which are logged with their episode; return the
-        teacher's hidden states, which only the epoch's plan holds."""
+        teacher's hidden states, which only the epoch's plan holds. ``context``: how the episodes were
+        played (`sage.rollout.context`, or its ``context_mode``; a bool: transcript or not)."""
         t0 = time.perf_counter()
         self.gate.judge(episodes)
         t1 = time.perf_counter()
         hidden: TeacherHidden = {}
         if self.scorer is not None:
-            if transcript:
-                kept = [e for e, ep in enumerate(episodes) if any(t.gate > 0 for t in ep.turns)]
-                per_episode = self.scorer.score_episodes([episodes[e] for e in kept])
-                pairs = [((e, k), h) for e, turns in zip(kept, per_episode, strict=True) for k, h in enumerate(turns)]
-            else:
-                kept = [(e, k) for e, ep in enumerate(episodes) for k, t in enumerate(ep.turns) if t.gate > 0]
-                pairs = list(zip(kept, self.scorer.score_turns([episodes[e].turns[k] for e, k in kept]), strict=True))
-            hidden = {key: h for key, h in pairs if h is not None}
+            rows = [r for r in episode_rows(episodes, context_for(context))
+                    if any(episodes[r.episode].turns[k].gate > 0 for k in r.turns)]
+            hidden = self.scorer.score([ep.turns for ep in episodes], rows)
         return Annotation(hidden, {"judge_seconds": t1 - t0, "score_seconds": time.perf_counter() - t1})

@@ -14,18 +14,11 @@ from sage.distill.divergence import target_logprobs
 from sage.distill.fused import head_logits
 from sage.distill.judge_prompt import JudgePrompt
 from sage.errors import InputError
-from sage.forward import (
-    budget_batches,
-    model_device,
-    output_head,
-    pad_right,
-    position_mask,
-    predicting,
-    selected_hidden,
-)
+from sage.forward import output_head
 from sage.progress import Phase
 from sage.rollout.chat import ChatCodec
 from sage.rollout.records import Episode
+from sage.scoring import Row, scored_batches
 from sage.shipped import BIAS_ATTR
 from sage.specs import GateSpec
 
@@ -107,33 +100,24 @@ class TeacherJudge:
         `phase` (progress display) advances by prompts scored."""
         n_lab = len(label_ids)
         first_token = self.use_first_token(label_ids)
-        if first_token:  # one row per prompt; the first label token is predicted from the prompt's last token
-            seqs, positions = prompts, None
-        else:  # one row per (prompt, label), row-major
-            seqs = [p + ids for p in prompts for ids in label_ids]
-            positions = [range(len(p), len(p) + len(ids)) for p in prompts for ids in label_ids]
-        device = model_device(self.model)
+        if first_token:  # one row per prompt, scoring the token after it (a label's first token)
+            rows = [Row(p, [len(p)]) for p in prompts]
+        else:  # one row per (prompt, label), row-major, scoring the label's tokens
+            rows = [Row(p + ids, list(range(len(p), len(p) + len(ids)))) for p in prompts for ids in label_ids]
         head = output_head(self.model)
-        first = torch.tensor([ids[0] for ids in label_ids], device=device)
-        out = torch.zeros(len(seqs), n_lab if first_token else 1, dtype=torch.float64)
-        for batch in budget_batches([len(s) for s in seqs], max_tokens=1 << 62, max_rows=self.max_batch):
-            ids, attn = pad_right([seqs[i] for i in batch], device=device)
-            if first_token:  # the label's first token would follow the prompt's last one
-                select = position_mask(ids, [[len(seqs[i]) - 1] for i in batch])
-            else:
-                targets = position_mask(ids, [positions[i] for i in batch])
-                select = predicting(targets)
-            hidden = selected_hidden(self.model, ids, attn, select)
+        first = torch.tensor([ids[0] for ids in label_ids])
+        out = torch.zeros(len(rows), n_lab if first_token else 1, dtype=torch.float64)
+        for batch in scored_batches([self.model], rows, max_tokens=1 << 62, max_rows=self.max_batch):
+            (hidden,) = batch.hidden
             logits = head_logits(hidden, head)  # float32, one row per scored position, rows in batch order
             if first_token:
-                lp = torch.log_softmax(logits, dim=-1)[:, first]
+                lp = torch.log_softmax(logits, dim=-1)[:, first.to(logits.device)]
             else:
-                per_token = target_logprobs(logits, ids[targets])
-                counts = targets.sum(1).tolist()
-                lp = torch.stack([part.sum() for part in per_token.split(counts)])[:, None]
-            out[torch.tensor(batch)] = lp.double().cpu()
+                per_token = target_logprobs(logits, batch.targets.to(logits.device))
+                lp = torch.stack([part.sum() for part in per_token.split(batch.counts)])[:, None]
+            out[torch.tensor(batch.rows)] = lp.double().cpu()
             if phase is not None:
-                phase.update(len(batch) if first_token else len(batch) / n_lab)
+                phase.update(len(batch.rows) if first_token else len(batch.rows) / n_lab)
         return out.view(len(prompts), n_lab)
 
     def judge(self, episodes: Sequence[Episode]) -> None:
