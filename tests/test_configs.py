@@ -100,7 +100,7 @@ def test_ablations_change_what_the_loss_uses():
     def annotated(model):
         turns = [make_turn(k, context_ids=[1, 30 + k, 31], response_ids=[40, 41 + k]) for k in range(4)]
         eps = [make_episode(turns)]
-        model.annotator(eps, transcript=False)
+        model.annotator(eps, "window")
         return eps
 
     full = annotated(_toggled(None))
