@@ -183,7 +183,7 @@ def run_slice(args, family: dict, tok_dir: Path, work: Path, counter: Counter):
     )
     pool = find_games("train") + find_games("valid_seen") + find_games("valid_unseen")
     games = (pool * (args.games // len(pool) + 1))[: args.games]  # real games, repeated past the bundled 72
-    dm.epoch_games = lambda epoch: games
+    dm.source.games = lambda ctx, epoch: games  # this benchmark's games instead of a seeded sample
     dm.setup()
     dm.pool.reset(games[: args.workers * 2])  # start the environment workers before anything is timed
     timer = StepTimer()

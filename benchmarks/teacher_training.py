@@ -58,7 +58,7 @@ def main() -> None:
         episodes, _ = collect_round(games=games, pool=pool, prompt=PromptBuilder(PROMPT), tokenizer=tok,
                                     rollout_spec=RolloutSpec(context_mode="transcript", max_new_tokens=24),
                                     mix=Mix(random=0.1, invalid=0.05, repeat=0.05), answer=PROMPT.expert_answer,
-                                    judge=judge, judge_examples=args.games, model=student, seed=0, batch=None)
+                                    judge=judge, judge_examples=args.games, model=student, seed=0, games_per_rollout=None)
     samples = transcript_samples(episodes)
     steps = plan_steps(samples * 8, args.samples_per_step, args.max_tokens, tok.pad_token_id, "opd", seed=0)
     need = args.steps + 1

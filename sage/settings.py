@@ -73,10 +73,33 @@ def _class_with_init_args(text: str) -> bool:
         return False
 
 
+# Keys renamed since (old -> new): a config that still names the old key gets one line naming both.
+RENAMED_KEYS = {
+    "data.rollout_batch": "data.games_per_rollout",
+    "data.val_batch": "data.val_games_per_rollout",
+    "data.teacher_pool.batch": "data.teacher_pool.games_per_rollout",
+}
+
+
+def renamed_key(text: str) -> str | None:
+    """The line for a parser message about a renamed key (a flag ``--old``, a config file's ``old`` key, or a
+    field of a spec such as data.teacher_pool), else None."""
+    named = re.findall(r"--([\w.]+)|accept option '([\w.]+)'", text)
+    parents = re.findall(r'Parser key "([^"]+)"', text)
+    fields = re.findall(r"Option '(\w+)' is not accepted", text)
+    keys = [a or b for a, b in named] + [f"{p}.{f}" for p in parents[:1] for f in fields]
+    old = next((k for k in keys if k in RENAMED_KEYS), None)
+    if old is None:
+        return None
+    return f"{old} was renamed {RENAMED_KEYS[old]} (games played together, not a batch of tensors): write that instead"
+
+
 def one_line(message: str, options: list[str] | None = None) -> str:
     """One line for a jsonargparse error message: ``key='value': expected ...`` (``options``: the option
     strings of the parser, to suggest the closest one for an unknown key)."""
     text = message.strip()
+    if renamed := renamed_key(text):
+        return renamed
     lines = text.splitlines()
     if text.startswith("unrecognized arguments:") or "not expected in" in text or "No action for key" in text:
         words = re.findall(r"--[\w.\-]+|(?<=key \")[\w.]+|(?<=Key \")[\w.]+", text)

@@ -20,7 +20,7 @@ ConfidenceKind = Literal["max_prob", "neg_entropy", "none"]
 ContextMode = Literal["window", "transcript"]
 RolloutEngine = Literal["hf", "vllm"]
 Objective = Literal["distill", "sft"]
-DataSource = Literal["on_policy", "expert", "teacher", "dagger"]
+DataSource = Literal["on_policy", "expert", "teacher", "dagger"]  # sage.sources.registry.SOURCES' names (checked there)
 Init = Literal["pretrained", "random"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16", "float64"]
 
@@ -270,13 +270,13 @@ class TeacherPoolSpec:
     """Train games the teacher plays for the pool."""
     seed: int = 0
     """Seed of the pool's game sample and of the teacher's sampling (not ``data.seed``: seeds share a pool)."""
-    batch: int = 32
-    """Games the teacher plays together (one KV cache)."""
+    games_per_rollout: int = 32
+    """Games the teacher plays together (one rollout, one KV cache)."""
 
     def __post_init__(self) -> None:
         check_range("data.teacher_pool.games", self.games, 1)
         check_range("data.teacher_pool.seed", self.seed, 0)
-        check_range("data.teacher_pool.batch", self.batch, 1)
+        check_range("data.teacher_pool.games_per_rollout", self.games_per_rollout, 1)
         if not str(self.file or "").strip():
             raise SpecError(f"data.teacher_pool.file={self.file!r} must name the file that keeps the pool")
 

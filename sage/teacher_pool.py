@@ -77,7 +77,7 @@ def describe(spec: TeacherPoolSpec, *, teacher, tokenizer, prompt, rollout, max_
         "split": split,
         "games": [g.game_id for g in games],
         "seed": spec.seed,
-        "batch": spec.batch,
+        "games_per_rollout": spec.games_per_rollout,
         "max_turns": max_turns,
         "won_only": won_only,
         # engine hf is left out, so pools built before data.rollout.engine existed still match
@@ -90,7 +90,12 @@ def _plain(value):
     return json.loads(json.dumps(value))
 
 
+# Header fields renamed since pools were first written: their old name, read as the new one.
+_OLD_META = {"batch": "games_per_rollout"}
+
+
 def _check_same(path: Path, have: dict, want: dict) -> None:
+    have = {_OLD_META.get(key, key): value for key, value in have.items()}
     for key in want:
         if have.get(key) != want[key]:
             shown = (f"{len(have.get(key) or [])} vs {len(want[key])} games, or others" if key == "games"
@@ -141,7 +146,7 @@ def load_or_build(spec: TeacherPoolSpec, *, teacher, tokenizer, env_pool, prompt
             _check_same(partial_file, head["meta"], want)
             spent = head["seconds"]
             log.info("teacher pool %s: resuming its build after %d finished games", path, len(resume.finished))
-        player = Player(env_pool, prompt, rollout, spec.batch)
+        player = Player(env_pool, prompt, rollout, spec.games_per_rollout)
         player.stop = stop
         t0 = time.perf_counter()
         try:

@@ -64,7 +64,7 @@ def test_paper_scale_sets_the_paper_models(name, teacher, student):
     c = instantiate([CONFIGS / "sage_opd.yaml", CONFIGS / "scale" / name], TINY_TEACHER)
     assert (c.model.loss_spec.divergence, c.model.loss_spec.normalize, c.model.loss_spec.chunk_tokens) == (
         "reverse_kl", "weighted", 512)
-    assert c.datamodule.val_batch is None  # evaluation plays each split as one rollout stream
+    assert c.datamodule.val_games_per_rollout is None  # evaluation plays each split as one rollout stream
 
 
 def test_qwen3_thinking_is_off_for_the_student_and_the_judge():

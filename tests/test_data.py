@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
-from sage.data import SageDataModule, balanced
+from sage.data import SageDataModule
 from sage.envs import TASK_TYPES, find_games
 from sage.epoch import episode_stats
+from sage.loaders import balanced
 from tests.helpers import make_episode, make_turn
 
 

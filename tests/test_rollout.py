@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from sage.envs import EnvPool, PromptBuilder, find_games
-from sage.expert import expert_episodes
 from sage.rollout.generation import HFGenerator
 from sage.rollout.loop import rollout
+from sage.sources.expert import expert_episodes
 from sage.specs import RolloutSpec
 from tests.helpers import assert_float32_close, tiny_model, tiny_tokenizer
 

@@ -114,10 +114,10 @@ CASES: dict[str, tuple[str | None, str | None]] = {
     "data.data_root": (None, "/nonexistent/alfworld"),
     "data.train_split": (None, "valid"),
     "data.train_games": ("x", "-3"),
-    "data.rollout_batch": ("x", "0"),
+    "data.games_per_rollout": ("x", "0"),
     "data.val_splits": (None, "[test]"),
     "data.val_games": ("x", "0"),
-    "data.val_batch": ("x", "0"),
+    "data.val_games_per_rollout": ("x", "0"),
     "data.source": (None, "human"),
     "data.teacher_won_only": ("maybe", None),
     "data.val_panel": ("maybe", None),
@@ -136,7 +136,7 @@ CASES: dict[str, tuple[str | None, str | None]] = {
     "data.teacher_pool.file": (None, NOT_A_DIR + "/pool.pt"),
     "data.teacher_pool.games": ("x", "0"),
     "data.teacher_pool.seed": ("x", "-1"),
-    "data.teacher_pool.batch": ("x", "0"),
+    "data.teacher_pool.games_per_rollout": ("x", "0"),
     "data.rollout.context_mode": (None, "chat"),
     "data.rollout.engine": (None, "sglang"),
     "data.rollout.window_history": ("x", "-1"),
@@ -260,6 +260,33 @@ def test_refused_in_one_line(tmp_path, monkeypatch, capsys, key, kind, value):
     assert shown.lower() in lines[0].lower(), lines[0]
     assert time.perf_counter() - t0 < 60  # refused before any model loads (a hang guard)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("old, new, how", [
+    ("data.rollout_batch", "data.games_per_rollout", "flag"),
+    ("data.val_batch", "data.val_games_per_rollout", "yaml"),
+    ("data.teacher_pool.batch", "data.teacher_pool.games_per_rollout", "flag"),
+    ("data.teacher_pool.batch", "data.teacher_pool.games_per_rollout", "yaml"),
+])
+def test_a_renamed_key_is_refused_naming_the_new_one(tmp_path, monkeypatch, capsys, old, new, how):
+    """A config written before a rename (``sage.settings.RENAMED_KEYS``) stops with one line naming the old
+    key and the new one, as a flag and as a config file's key."""
+    pool = ["--data.source", "teacher", "--data.teacher_pool.file", str(tmp_path / "pool.jsonl")]
+    if how == "flag":
+        given = [*(pool if "teacher_pool" in old else []), f"--{old}", "4"]
+    else:
+        section, field = old.rsplit(".", 1)
+        text = f"{field}: 4" if section == "data" else f"teacher_pool: {{file: {tmp_path / 'pool.jsonl'}, {field}: 4}}"
+        (tmp_path / "old.yaml").write_text(f"data:\n  {text}\n")
+        given = [*(pool[:2] if "teacher_pool" in old else []), "--config", str(tmp_path / "old.yaml")]
+    monkeypatch.setattr(sys, "argv", ["sage", "fit", "--config", str(ROOT / "configs/opd.yaml"), *TINY,
+                                      "--trainer.default_root_dir", str(tmp_path / "runs"), *given])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert stop.value.code == 2 and lines == [
+        f"sage: error: {old} was renamed {new} (games played together, not a batch of tensors): write that instead"]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_one_line_of_a_union_complaint():

@@ -72,7 +72,7 @@ def _round(pool, mix, games, judge_examples=6, model=None, seed=0, stop=None, ju
     gen = HFGenerator(model, tok, seed=seed) if model is not None else None
     return collect_round(games=games, pool=pool, prompt=PROMPT, tokenizer=tok, rollout_spec=SPEC, mix=mix,
                          answer=ANSWER, judge=judge, judge_examples=judge_examples, model=gen and model, seed=seed,
-                         batch=None, stop=stop, judge_weight=judge_weight), tok
+                         games_per_rollout=None, stop=stop, judge_weight=judge_weight), tok
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ ROLLOUT = RolloutSpec(max_new_tokens=12)
 
 
 def _build(pool, root, file, teacher, stop=None, max_turns=MAX_TURNS, won_only=False):
-    spec = TeacherPoolSpec(file=str(file), games=3, seed=4, batch=2)
+    spec = TeacherPoolSpec(file=str(file), games=3, seed=4, games_per_rollout=2)
     return teacher_pool.load_or_build(spec, teacher=teacher, tokenizer=tiny_tokenizer(), env_pool=pool,
                                       prompt=PromptBuilder(), rollout=ROLLOUT, max_turns=max_turns, split="train",
                                       data_root=root, won_only=won_only, stop=stop)
@@ -67,6 +67,19 @@ def test_the_pool_file_is_json_lines_and_an_old_pickle_is_converted_once(built, 
     assert _played(_build(None, bundled_data_root, tmp_path / "old_pool.jsonl", tiny_model(seed=3))) == _played(first)
 
 
+def test_a_pool_written_before_the_rename_still_loads(built, bundled_data_root, tmp_path):
+    """Pools whose header names games_per_rollout by its old name (``batch``, data.teacher_pool.batch) load as
+    before: the record's field is read under its new name."""
+    file, first = built
+    head, *lines = file.read_text().splitlines()
+    header = json.loads(head)
+    header["meta"] = {("batch" if k == "games_per_rollout" else k): v for k, v in header["meta"].items()}
+    assert header["meta"]["batch"] == 2
+    old = tmp_path / "old_names.jsonl"
+    old.write_text("\n".join([json.dumps(header), *lines]) + "\n")
+    assert _played(_build(None, bundled_data_root, old, tiny_model(seed=3))) == _played(first)
+
+
 @pytest.mark.parametrize("change", ["teacher", "max_turns", "won_only"])
 def test_a_pool_made_with_other_settings_is_refused_by_name(built, bundled_data_root, change):
     file, _ = built
@@ -83,7 +96,7 @@ def test_a_pool_made_with_other_settings_is_refused_by_name(built, bundled_data_
 
 
 def test_a_stopped_build_resumes_to_the_same_pool(built, pool, bundled_data_root, tmp_path):
-    """Stopped after two turns of its first batch: the partial file keeps them, and the resumed build plays
+    """Stopped after two turns of its first rollout: the partial file keeps them, and the resumed build plays
     exactly what the uninterrupted one played (window mode is bit for bit, tests/test_preemption.py)."""
     _, whole = built
     file = tmp_path / "pool.jsonl"

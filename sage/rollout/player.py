@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sage.envs import EnvPool, GameInfo, PromptBuilder
-from sage.preemption import Preempted
-from sage.progress import Phase
+from sage.envs.lost import lost, lost_line
+from sage.preemption import Preempted, stop_now, work_started
+from sage.progress import Phase, say
 from sage.rollout.engines import make_generator
 from sage.rollout.generation import GenerationStats
 from sage.rollout.loop import PartialRollout, RolloutStopped, rollout
@@ -34,6 +35,13 @@ class PartialPlay:
         return sum(ep.length for ep in [*self.finished, *self.current.episodes])
 
 
+def stop_at_turn() -> bool:
+    """The DataModule's `Player.stop`, checked at every turn boundary: once turns are being played there is
+    work to keep, so SIGTERM from here on stops at a boundary instead of at once (`sage.preemption`)."""
+    work_started()
+    return stop_now()
+
+
 class PlayStopped(Preempted):
     def __init__(self, partial: PartialPlay, label: str) -> None:
         super().__init__(f"in the {label} rollout after {partial.turns} turns")
@@ -45,20 +53,20 @@ class Player:
     pool: EnvPool
     prompt: PromptBuilder
     spec: RolloutSpec
-    batch: int | None = None  # games played together in one rollout stream (None: all at once)
+    games_per_rollout: int | None = None  # games played together in one rollout stream (None: all at once)
     stats: GenerationStats = field(default_factory=GenerationStats)  # work of the latest play
     stop: Callable[[], bool] | None = None  # checked at every turn boundary (see the module docstring)
 
     def play(self, policy, tokenizer, games: list[GameInfo], greedy: bool, seed: int = 0,
              label: str = "rollout", resume: PartialPlay | None = None) -> list[Episode]:
-        """Every game to its end with `policy` (eval mode while playing), `batch` games at a time; the
+        """Every game to its end with `policy` (eval mode while playing), `games_per_rollout` at a time; the
         progress display shows turn, games still active and generated tokens/s under `label`.
         ``resume``: a `PartialPlay` of these games, continued where it stopped."""
         was_training = policy.training
         policy.eval()
         gen = make_generator(self.spec.engine, policy, tokenizer, seed=seed, max_model_len=self.spec.max_context_tokens)
         self.stats = gen.stats
-        size = self.batch or max(1, len(games))
+        size = self.games_per_rollout or max(1, len(games))
         streams = -(-len(games) // size)
         phase = Phase(label, total=self.pool.max_steps * streams, unit="turn")
 
@@ -80,4 +88,14 @@ class Player:
                             f"{gen.stats.generated_tokens} tokens ({gen.stats.generated_tokens / phase.seconds:.0f}/s)")
         finally:
             policy.train(was_training)
+        return episodes
+
+    def evaluate(self, policy, tokenizer, games: list[GameInfo], label: str) -> list[Episode]:
+        """Evaluation play: every game greedily (none: no work at all); the episodes lost to the environment
+        are said here and judged by the evaluation callback at the split's end."""
+        if not games:
+            return []
+        episodes = self.play(policy, tokenizer, games, greedy=True, label=label)
+        if gone := lost(episodes):
+            say(lost_line(label, len(gone), len(episodes), gone[0].error))
         return episodes

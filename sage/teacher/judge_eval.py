@@ -27,11 +27,11 @@ import torch
 import yaml
 from torchmetrics.functional.classification import binary_auroc, multiclass_confusion_matrix
 
-from sage.data import balanced
 from sage.distill.gate import FeedbackRule
 from sage.distill.judge import TeacherJudge
 from sage.distill.judge_prompt import JudgePrompt
 from sage.envs import EnvPool, PromptBuilder, PromptTemplate, find_games, panel_games
+from sage.loaders import balanced
 from sage.models import load_model, load_tokenizer
 from sage.rollout.engines import make_generator
 from sage.rollout.loop import rollout

@@ -83,17 +83,18 @@ def playing_copy(model):
 
 
 def collect_round(*, games: list[GameInfo], pool, prompt: PromptBuilder, tokenizer, rollout_spec, mix: Mix,
-                  answer: str, judge, judge_examples: int, model, seed: int, batch: int | None,
+                  answer: str, judge, judge_examples: int, model, seed: int, games_per_rollout: int | None,
                   label: str = "teacher data", stop=None, judge_weight: float = 1.0) -> tuple[list[Episode], dict[str, float]]:
-    """Play `games` (batch at a time) with the mix; return the policy and judge episodes and the round's
-    statistics (sources of turns, label counts, episodes kept). ``stop`` (checked at turn boundaries,
-    e.g. SIGTERM) ends the round with `RolloutStopped`; a round is seeded, so it replays the same."""
+    """Play `games` (``games_per_rollout`` at a time; None: all at once) with the mix; return the policy and
+    judge episodes and the round's statistics (sources of turns, label counts, episodes kept). ``stop``
+    (checked at turn boundaries, e.g. SIGTERM) ends the round with `RolloutStopped`; a round is seeded, so
+    it replays the same."""
     peek = PeekPool(pool)
     gen = None
     if mix.model > 0:
         gen = make_generator(rollout_spec.engine, playing_copy(model), tokenizer, seed=seed,
                              max_model_len=rollout_spec.max_context_tokens)
-    size = batch or max(1, len(games))
+    size = games_per_rollout or max(1, len(games))
     played: list[Episode] = []
     sources: Counter = Counter()
     phase = Phase(label, total=pool.max_steps * -(-len(games) // size), unit="turn")

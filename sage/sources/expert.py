@@ -1,5 +1,6 @@
-"""Expert trajectories for SFT: each game's stored walkthrough (it wins every game), played through the
-normal rollout loop by a policy that "generates" the expert's answer in the student's answer format.
+"""``data.source: expert``: expert trajectories for SFT. Each game's stored walkthrough (it wins every game) is
+played through the normal rollout loop by a policy that "generates" the expert's answer in the student's
+answer format.
 
 Going through the same loop means SFT samples have exactly the prompts, chat template, context
 policy and records of on-policy samples; only the answers differ.
@@ -14,6 +15,7 @@ from sage.envs import GameInfo, PromptBuilder, walkthrough
 from sage.rollout.generation import Generation, SamplingParams
 from sage.rollout.loop import rollout
 from sage.rollout.records import Episode
+from sage.sources.base import Source
 from sage.specs import RolloutSpec
 
 
@@ -57,15 +59,21 @@ def expert_episodes(
     tokenizer,
     cfg: RolloutSpec,
     pool,
-    chunk: int | None = None,
+    games_per_rollout: int | None = None,
 ) -> list[Episode]:
-    """Play every game's walkthrough in `pool` in the prompt's answer format (`expert_answer`); the episodes
-    are won unless the step limit is too small."""
+    """Play every game's walkthrough in `pool` in the prompt's answer format (`expert_answer`),
+    ``games_per_rollout`` at a time (None: all at once); the episodes are won unless the step limit is too
+    small."""
     games = list(games)
-    chunk = chunk or max(1, len(games))
+    size = games_per_rollout or max(1, len(games))
     episodes: list[Episode] = []
-    for i in range(0, len(games), chunk):
-        part = games[i : i + chunk]
+    for i in range(0, len(games), size):
+        part = games[i : i + size]
         policy = WalkthroughPolicy(tokenizer, [walkthrough(g) for g in part], prompt.template.expert_answer)
         episodes += rollout(policy, pool, part, prompt, tokenizer, cfg, greedy=True)
     return episodes
+
+
+class ExpertWalkthroughs(Source):
+    def episodes(self, ctx, epoch, games, resume=None):
+        return expert_episodes(games, ctx.prompt, ctx.tokenizer, ctx.rollout, ctx.pool, ctx.games_per_rollout)
