@@ -254,7 +254,7 @@ def main() -> None:
     tok_dir = Path(args.tokenizer) if args.tokenizer else smollm2_path()
     counter = Counter()
     in_phase(TeacherJudge, "judge", "judge")
-    in_phase(TeacherScorer, "_score", "score")
+    in_phase(TeacherScorer, "score", "score")
     in_phase(HFGenerator, "generate", "rollout")
     if args.engine == "vllm":
         from sage.rollout.vllm_engine import VLLMGenerator
